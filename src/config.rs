@@ -1,0 +1,552 @@
+//! The node's configuration: the TOML schema (unknown keys are errors), its
+//! defaults, the embedded default configuration, relative-path resolution and
+//! semantic validation (`ingestd check-config`).
+
+use crate::units::{ByteSize, HumanDuration};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One value or a list of values (`listen = "a"` or `listen = ["a", "b"]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this node in ids and archive/forward names; default: host name.
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    #[serde(default)]
+    pub ssh: SshConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub sftp: SftpConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub process: Option<ProcessConfig>,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub inbox: Option<InboxConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address(es) to listen on.
+    pub listen: OneOrMany<String>,
+    /// OpenSSH private key file(s); an ed25519 key is generated when the first is missing.
+    pub host_key: OneOrMany<PathBuf>,
+    /// authorized_keys file(s); `%u` is replaced by the login name; `~` is $HOME;
+    /// a `*` in the last component is a glob (e.g. `~/.ssh/*.pub`).
+    pub authorized_keys: OneOrMany<String>,
+    /// Concurrent SSH connections accepted; more are refused with a message.
+    pub max_sessions: usize,
+    /// SSH channel window (bytes) and maximum packet size.
+    pub window_size: ByteSize,
+    pub max_packet_size: ByteSize,
+    /// Idle connections are dropped after this long.
+    pub inactivity_timeout: HumanDuration,
+    pub max_auth_attempts: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            listen: OneOrMany::One("0.0.0.0:22".into()),
+            host_key: OneOrMany::One("/etc/ingestd/ssh_host_ed25519_key".into()),
+            authorized_keys: OneOrMany::One("/etc/ingestd/authorized_keys".into()),
+            max_sessions: 256,
+            window_size: ByteSize(16 << 20),
+            max_packet_size: ByteSize(65535),
+            inactivity_timeout: HumanDuration(Duration::from_secs(600)),
+            max_auth_attempts: 6,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Largest single file accepted.
+    pub max_file_size: ByteSize,
+    /// Uploads that would leave less than this free on the spool filesystem are refused.
+    pub min_free: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: "/var/spool/ingestd".into(),
+            max_file_size: ByteSize(64 << 30),
+            min_free: ByteSize(1 << 30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftpConfig {
+    /// Client-side temporary names (glob patterns on the last path component):
+    /// such a file is landed when renamed to its final name, not at CLOSE.
+    pub temp_patterns: Vec<String>,
+    /// Allow reading file contents back (default: upload only).
+    pub allow_download: bool,
+    /// How long a landed file stays visible to its sender's `ls`/`stat`.
+    pub visible_for: HumanDuration,
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        SftpConfig {
+            temp_patterns: vec![
+                "*.filepart".into(),
+                "*.part".into(),
+                "*.tmp".into(),
+                ".*".into(),
+            ],
+            allow_download: false,
+            visible_for: HumanDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    pub dir: PathBuf,
+    /// Layout under `dir`: `{date}` (UTC YYYY-MM-DD), `{node}`, `{id}`, `{user}`, `{name}`
+    /// (sender path, '/' kept). Must contain `{id}` so names are unique across the pool.
+    pub layout: String,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            dir: "/srv/backup/ingestd".into(),
+            layout: "{date}/{node}/{id}/{name}".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// argv of the command (no shell).
+    pub command: Vec<String>,
+    #[serde(default = "default_process_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_process_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_concurrency() -> usize {
+    2
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            dir: "/srv/outgoing".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub initial_backoff: HumanDuration,
+    pub max_backoff: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 10,
+            initial_backoff: HumanDuration(Duration::from_secs(1)),
+            max_backoff: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Concurrent archive copies.
+    pub archive_workers: usize,
+    /// Concurrent forward deliveries.
+    pub forward_workers: usize,
+    /// Full rescan of the spool state directories (in case a wake-up was missed).
+    pub rescan_interval: HumanDuration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            archive_workers: 4,
+            forward_workers: 4,
+            rescan_interval: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    pub dir: PathBuf,
+    /// A file unchanged (size and mtime) for this long is considered complete.
+    #[serde(default = "default_settle")]
+    pub settle: HumanDuration,
+    /// Periodic full rescan (filesystem events can be dropped).
+    #[serde(default = "default_rescan")]
+    pub rescan_interval: HumanDuration,
+    /// Sender identity recorded for inbox files.
+    #[serde(default = "default_inbox_user")]
+    pub user: String,
+}
+
+fn default_settle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_rescan() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_inbox_user() -> String {
+    "inbox".into()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// HTTP health/metrics endpoint; empty string disables it.
+    pub listen: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            listen: "127.0.0.1:9122".into(),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// The configuration used when `ingestd run` is given no `--config`: a
+/// working node on 127.0.0.1:2222 with its data under `./ingestd-data`,
+/// accepting the invoking user's own keys.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[ssh]
+listen = "127.0.0.1:2222"
+host_key = "ingestd-data/ssh_host_ed25519_key"
+authorized_keys = ["~/.ssh/authorized_keys", "~/.ssh/*.pub"]
+
+[spool]
+dir = "ingestd-data/spool"
+min_free = "256MiB"
+
+[archive]
+dir = "ingestd-data/archive"
+
+[forward]
+dir = "ingestd-data/outgoing"
+
+[health]
+listen = "127.0.0.1:9122"
+"#;
+
+impl Config {
+    /// Parse a config text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Load `path`, or the embedded default (relative to the working directory) when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+                let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+                Config::parse(&text, &base).with_context(|| format!("in {}", p.display()))
+            }
+            None => {
+                let cwd = std::env::current_dir().context("no working directory")?;
+                Config::parse(EMBEDDED_DEFAULT, &cwd)
+            }
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            let s = p.to_string_lossy().to_string();
+            let expanded = expand_home(&s);
+            *p = if Path::new(&expanded).is_absolute() {
+                PathBuf::from(expanded)
+            } else {
+                base.join(expanded)
+            };
+        };
+        let mut keys = self.ssh.host_key.to_vec();
+        keys.iter_mut().for_each(fix);
+        self.ssh.host_key = OneOrMany::Many(keys);
+        let ak: Vec<String> = self
+            .ssh
+            .authorized_keys
+            .to_vec()
+            .into_iter()
+            .map(|s| {
+                let e = expand_home(&s);
+                if Path::new(&e).is_absolute() {
+                    e
+                } else {
+                    base.join(e).to_string_lossy().into_owned()
+                }
+            })
+            .collect();
+        self.ssh.authorized_keys = OneOrMany::Many(ak);
+        fix(&mut self.spool.dir);
+        fix(&mut self.archive.dir);
+        fix(&mut self.forward.dir);
+        if let Some(i) = self.inbox.as_mut() {
+            fix(&mut i.dir);
+        }
+        if let Some(p) = self.process.as_mut() {
+            if let Some(first) = p.command.first_mut() {
+                if first.contains('/') && !first.starts_with('/') {
+                    *first = base.join(&*first).to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
+
+    /// Semantic checks; each error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "node_id: {:?} must be non-empty and use only letters, digits, '-', '_', '.'",
+                self.node_id
+            );
+        }
+        let listen = self.ssh.listen.to_vec();
+        if listen.is_empty() {
+            bail!("ssh.listen: at least one address is required");
+        }
+        for l in &listen {
+            l.parse::<SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("ssh.listen: {l:?} is not an address like \"0.0.0.0:22\"")
+            })?;
+        }
+        if self.ssh.host_key.to_vec().is_empty() {
+            bail!("ssh.host_key: at least one key file is required");
+        }
+        if self.ssh.authorized_keys.to_vec().is_empty() {
+            bail!("ssh.authorized_keys: at least one file is required");
+        }
+        if self.ssh.max_sessions == 0 {
+            bail!("ssh.max_sessions: must be at least 1");
+        }
+        if self.ssh.max_packet_size.0 < 1024 || self.ssh.max_packet_size.0 > 65535 {
+            bail!("ssh.max_packet_size: must be between 1024 and 65535");
+        }
+        if self.ssh.window_size.0 < 65536 || self.ssh.window_size.0 > u32::MAX as u64 {
+            bail!("ssh.window_size: must be between 64KiB and 4GiB");
+        }
+        if self.spool.max_file_size.0 == 0 {
+            bail!("spool.max_file_size: must be greater than 0");
+        }
+        if !self.archive.layout.contains("{id}") {
+            bail!("archive.layout: must contain {{id}} so names are unique across the pool");
+        }
+        for part in self.archive.layout.split('/') {
+            if part.is_empty() || part == "." || part == ".." {
+                bail!(
+                    "archive.layout: {:?} has an empty, '.' or '..' component",
+                    self.archive.layout
+                );
+            }
+        }
+        let mut rest = self.archive.layout.as_str();
+        while let Some(i) = rest.find('{') {
+            let end = rest[i..]
+                .find('}')
+                .ok_or_else(|| anyhow::anyhow!("archive.layout: unclosed '{{'"))?;
+            let var = &rest[i + 1..i + end];
+            if !["date", "node", "id", "user", "name"].contains(&var) {
+                bail!("archive.layout: unknown placeholder {{{var}}} (use date, node, id, user, name)");
+            }
+            rest = &rest[i + end + 1..];
+        }
+        if let Some(p) = &self.process {
+            if p.command.is_empty() || p.command[0].is_empty() {
+                bail!("process.command: must name a program, e.g. [\"/usr/local/bin/convert\"]");
+            }
+            if p.concurrency == 0 {
+                bail!("process.concurrency: must be at least 1");
+            }
+            if p.timeout.0.is_zero() {
+                bail!("process.timeout: must be greater than 0");
+            }
+        }
+        if self.retry.max_attempts == 0 {
+            bail!("retry.max_attempts: must be at least 1");
+        }
+        if self.retry.initial_backoff > self.retry.max_backoff {
+            bail!("retry.initial_backoff: must not exceed retry.max_backoff");
+        }
+        if self.pipeline.archive_workers == 0 || self.pipeline.forward_workers == 0 {
+            bail!("pipeline.archive_workers/forward_workers: must be at least 1");
+        }
+        if !self.health.listen.is_empty() && self.health.listen.parse::<SocketAddr>().is_err() {
+            bail!(
+                "health.listen: {:?} is not an address like \"127.0.0.1:9122\"",
+                self.health.listen
+            );
+        }
+        let spool = &self.spool.dir;
+        for (key, d) in [
+            ("archive.dir", &self.archive.dir),
+            ("forward.dir", &self.forward.dir),
+        ] {
+            if d.starts_with(spool) || spool.starts_with(d) {
+                bail!(
+                    "{key}: {} must not overlap spool.dir {}",
+                    d.display(),
+                    spool.display()
+                );
+            }
+        }
+        if let Some(i) = &self.inbox {
+            if i.dir.starts_with(spool) || spool.starts_with(&i.dir) {
+                bail!("inbox.dir: must not overlap spool.dir");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `~/x` → `$HOME/x`.
+pub fn expand_home(s: &str) -> String {
+    if let Some(rest) = s.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return Path::new(&home).join(rest).to_string_lossy().into_owned();
+        }
+    }
+    s.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config> {
+        Config::parse(t, Path::new("/etc/ingestd"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT, Path::new("/tmp/x")).unwrap();
+        assert_eq!(c.ssh.listen.to_vec(), vec!["127.0.0.1:2222".to_string()]);
+        assert_eq!(c.spool.dir, Path::new("/tmp/x/ingestd-data/spool"));
+    }
+
+    #[test]
+    fn contract_shape_parses() {
+        let c = parse(
+            r#"
+node_id = "node-1"
+[ssh]
+listen = ["0.0.0.0:22", "[::]:22"]
+host_key = "/etc/ingestd/ssh_host_ed25519_key"
+authorized_keys = "/etc/ingestd/keys/%u"
+[spool]
+dir = "spool"
+max_file_size = "512MiB"
+[archive]
+dir = "/srv/backup/ingestd"
+[forward]
+dir = "/srv/outgoing"
+[process]
+command = ["/bin/true"]
+timeout = "10m"
+[retry]
+initial_backoff = "100ms"
+[health]
+listen = "127.0.0.1:9122"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.spool.dir, Path::new("/etc/ingestd/spool"));
+        assert_eq!(c.spool.max_file_size.0, 512 << 20);
+        assert_eq!(c.retry.initial_backoff.0, Duration::from_millis(100));
+        assert_eq!(c.process.unwrap().timeout.0, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[ssh]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(format!("{e:#}").contains("listen_port"), "{e:#}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse("[ssh]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("ssh.listen"), "{e:#}");
+        let e = parse("[spool]\nmax_file_size = \"lots\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("max_file_size"), "{e:#}");
+        let e = parse("[retry]\nmax_backoff = \"soon\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("max_backoff"), "{e:#}");
+        let e = parse("[archive]\nlayout = \"{date}/{name}\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("archive.layout"), "{e:#}");
+    }
+}

@@ -1,0 +1,7 @@
+//! ingestd: durable high-volume file ingest over SCP and SFTP.
+//! See ARCHITECTURE.md for the module map and the invariants.
+
+pub mod config;
+pub mod record;
+pub mod spool;
+pub mod units;

@@ -1,0 +1,476 @@
+//! The durable spool: its directory layout, admission checks (size, free space),
+//! and the one landing path shared by SCP, SFTP and the inbox:
+//! partial file → BLAKE3 on the fly → fsync → atomic rename into `ready/`.
+//!
+//! Layout (the directory an entry sits in is its state; a state change is a rename):
+//! ```text
+//! spool/
+//!   partial/<id>/      upload in progress: `data` (+ `record.json` once complete); swept at start
+//!   ready/<id>/        landed and durable: `data` + `record.json`
+//!   archived/<id>/     the archive copy is verified and durable
+//!   processed/<id>/    products are durable in `out/`
+//!   quarantine/<id>/   a step gave up; `state.json` keeps every attempt's reason
+//!   work/              scratch space of the pipeline (temporary names only)
+//! ```
+//! All blocking functions here must run off the SSH connection loop
+//! (`spawn_blocking` or a dedicated thread).
+
+use crate::record::Record;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub const PARTIAL: &str = "partial";
+pub const READY: &str = "ready";
+pub const ARCHIVED: &str = "archived";
+pub const PROCESSED: &str = "processed";
+pub const QUARANTINE: &str = "quarantine";
+pub const WORK: &str = "work";
+/// Every state directory, in pipeline order.
+pub const STATES: [&str; 4] = [READY, ARCHIVED, PROCESSED, QUARANTINE];
+
+pub const DATA: &str = "data";
+pub const RECORD: &str = "record.json";
+pub const STATE: &str = "state.json";
+
+/// Why an upload is refused before or while it is written. The text is shown to the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("file too large: {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: u64, max: u64 },
+    #[error(
+        "no space: storing {size} bytes would leave less than {min_free} bytes free on the spool"
+    )]
+    NoSpace { size: u64, min_free: u64 },
+    #[error("spool error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What the protocol knows about an incoming file before its bytes arrive.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub user: String,
+    /// Validated relative path (see `vpath`).
+    pub path: String,
+    pub mode: u32,
+    pub mtime: Option<i64>,
+    pub atime: Option<i64>,
+    pub remote_addr: String,
+    pub protocol: &'static str,
+}
+
+pub struct Spool {
+    root: PathBuf,
+    node_id: String,
+    max_file_size: u64,
+    min_free: u64,
+    wake: Arc<Notify>,
+}
+
+impl Spool {
+    /// Create the layout under `root` and sweep `partial/` and `work/` (nothing there
+    /// was ever acknowledged).
+    pub fn open(
+        root: &Path,
+        node_id: &str,
+        max_file_size: u64,
+        min_free: u64,
+    ) -> io::Result<Spool> {
+        for d in [PARTIAL, READY, ARCHIVED, PROCESSED, QUARANTINE, WORK] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        for d in [PARTIAL, WORK] {
+            for e in fs::read_dir(root.join(d))? {
+                let p = e?.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+        Ok(Spool {
+            root: root.to_path_buf(),
+            node_id: node_id.to_string(),
+            max_file_size,
+            min_free,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// `spool/<state>`.
+    pub fn dir(&self, state: &str) -> PathBuf {
+        self.root.join(state)
+    }
+
+    /// Notified after every commit into `ready/`; the pipeline waits on it.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size
+    }
+
+    /// A new id, unique across the pool and time-ordered: `<node>-<ULID>`.
+    pub fn new_id(&self) -> String {
+        format!("{}-{}", self.node_id, ulid::Ulid::new())
+    }
+
+    /// Bytes available to unprivileged writers on the spool's filesystem.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let s = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+    }
+
+    /// Refuse a file of `size` bytes (more to come) that is over the limit or would
+    /// leave less than `min_free` on the spool filesystem.
+    pub fn admit(&self, size: u64) -> Result<(), Refusal> {
+        if size > self.max_file_size {
+            return Err(Refusal::TooLarge {
+                size,
+                max: self.max_file_size,
+            });
+        }
+        let free = self.free_bytes()?;
+        if free.saturating_sub(size) < self.min_free {
+            return Err(Refusal::NoSpace {
+                size,
+                min_free: self.min_free,
+            });
+        }
+        Ok(())
+    }
+
+    /// Start a file: `partial/<id>/data`, created exclusively.
+    pub fn begin(&self, info: Incoming) -> io::Result<Partial> {
+        let id = self.new_id();
+        let dir = self.dir(PARTIAL).join(&id);
+        fs::create_dir(&dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(DATA))?;
+        Ok(Partial {
+            id,
+            dir,
+            file,
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
+            len: 0,
+            info,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Make every staged file durable and move it into `ready/`, then tell the sender's
+    /// protocol it may report success. One group commit: all file fsyncs are issued
+    /// together, then the renames, then one fsync of each directory involved.
+    pub fn commit(&self, staged: Vec<Staged>) -> io::Result<Vec<Record>> {
+        if staged.is_empty() {
+            return Ok(Vec::new());
+        }
+        sync_all_parallel(&staged)?;
+        let ready = self.dir(READY);
+        for s in &staged {
+            fs::rename(&s.dir, ready.join(&s.record.id))?;
+        }
+        fsync_dir(&ready)?;
+        fsync_dir(&self.dir(PARTIAL))?;
+        self.wake.notify_one();
+        Ok(staged.into_iter().map(|s| s.record).collect())
+    }
+
+    /// Land a complete file that already sits somewhere on the spool's filesystem
+    /// (the inbox): it is copied into a partial entry, hashed and committed.
+    pub fn land_copy(&self, src: &Path, info: Incoming) -> io::Result<Record> {
+        let mut p = self.begin(info)?;
+        let mut f = File::open(src)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            p.write(&buf[..n])?;
+        }
+        let staged = p.complete()?;
+        Ok(self.commit(vec![staged])?.remove(0))
+    }
+}
+
+/// fsync the files of all staged entries concurrently (the journal batches them),
+/// then each entry directory.
+fn sync_all_parallel(staged: &[Staged]) -> io::Result<()> {
+    let threads = staged.len().min(8);
+    let chunk = staged.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = staged
+            .chunks(chunk)
+            .map(|part| {
+                sc.spawn(move || -> io::Result<()> {
+                    for s in part {
+                        s.data.sync_data()?;
+                        File::open(s.dir.join(RECORD))?.sync_all()?;
+                        fsync_dir(&s.dir)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| io::Error::other("fsync thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Write `bytes` to `path` durably and atomically: temp name, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fsync_dir(dir)
+}
+
+/// Read an entry's record.
+pub fn read_record(entry_dir: &Path) -> io::Result<Record> {
+    let t = fs::read(entry_dir.join(RECORD))?;
+    serde_json::from_slice(&t).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A file being written into `partial/<id>/data`.
+pub struct Partial {
+    id: String,
+    dir: PathBuf,
+    file: File,
+    hasher: blake3::Hasher,
+    /// Bytes fed to the hasher (the contiguous prefix written in order).
+    hashed: u64,
+    /// Current length of the file.
+    len: u64,
+    pub info: Incoming,
+    started: std::time::Instant,
+}
+
+impl Partial {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn started(&self) -> std::time::Instant {
+        self.started
+    }
+
+    /// Append (sequential streams: SCP, inbox).
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        let off = self.len;
+        self.write_at(off, buf)
+    }
+
+    /// Write at any offset (SFTP). In-order writes are hashed on the fly; anything
+    /// else is hashed by one read-back pass at completion.
+    pub fn write_at(&mut self, off: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, off)?;
+        if off == self.hashed && self.hashed == self.len {
+            self.hasher.update(buf);
+            self.hashed += buf.len() as u64;
+        }
+        self.len = self.len.max(off + buf.len() as u64);
+        Ok(())
+    }
+
+    /// Set the length (SFTP FSETSTAT size, open with TRUNC).
+    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        if len < self.hashed || self.hashed != self.len {
+            // the hash no longer describes a prefix in order: recompute at the end
+            self.hashed = u64::MAX;
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Read back (SFTP read when downloads are allowed, of one's own partial file).
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read_at(buf, off)
+    }
+
+    /// Finish writing: compute the BLAKE3 (reading back only if writes were out of
+    /// order), write `record.json` beside the data. Not yet durable: pass the result
+    /// to [`Spool::commit`].
+    pub fn complete(mut self) -> io::Result<Staged> {
+        let hash = if self.hashed == self.len {
+            self.hasher.finalize()
+        } else {
+            let mut h = blake3::Hasher::new();
+            self.file.seek(SeekFrom::Start(0))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = self.file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            h.finalize()
+        };
+        if let (Some(m), a) = (self.info.mtime, self.info.atime) {
+            let ts = |s: i64| nix::sys::time::TimeSpec::new(s, 0);
+            let _ = nix::sys::stat::futimens(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                &ts(a.unwrap_or(m)),
+                &ts(m),
+            );
+        }
+        let record = Record {
+            id: self.id.clone(),
+            node: self
+                .id
+                .rsplit_once('-')
+                .map(|x| x.0)
+                .unwrap_or("")
+                .to_string(),
+            user: self.info.user.clone(),
+            path: self.info.path.clone(),
+            size: self.len,
+            mode: self.info.mode & 0o777,
+            mtime: self.info.mtime,
+            atime: self.info.atime,
+            blake3: hash.to_hex().to_string(),
+            remote_addr: self.info.remote_addr.clone(),
+            received_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            protocol: self.info.protocol.to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+        fs::write(self.dir.join(RECORD), json)?;
+        Ok(Staged {
+            dir: self.dir,
+            data: self.file,
+            record,
+            started: self.started,
+        })
+    }
+
+    /// Drop an unfinished upload: nothing of it remains.
+    pub fn abort(self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A complete file whose record is written but which is not yet durable or visible.
+pub struct Staged {
+    dir: PathBuf,
+    data: File,
+    pub record: Record,
+    pub started: std::time::Instant,
+}
+
+impl Staged {
+    /// Drop it (a later file of the same group commit failed and the sender is told so).
+    pub fn abort(self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incoming() -> Incoming {
+        Incoming {
+            user: "alice".into(),
+            path: "a/b.txt".into(),
+            mode: 0o100644,
+            mtime: Some(1_600_000_000),
+            atime: None,
+            remote_addr: "127.0.0.1:1".into(),
+            protocol: "scp",
+        }
+    }
+
+    #[test]
+    fn land_in_order_and_out_of_order() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+        let mut p = s.begin(incoming()).unwrap();
+        p.write(b"hello ").unwrap();
+        p.write(b"world").unwrap();
+        let mut q = s.begin(incoming()).unwrap();
+        q.write_at(6, b"world").unwrap();
+        q.write_at(0, b"hello ").unwrap();
+        let recs = s
+            .commit(vec![p.complete().unwrap(), q.complete().unwrap()])
+            .unwrap();
+        let want = blake3::hash(b"hello world").to_hex().to_string();
+        for r in &recs {
+            assert_eq!(r.blake3, want);
+            assert_eq!(r.mode, 0o644);
+            let d = s.dir(READY).join(&r.id);
+            assert_eq!(fs::read(d.join(DATA)).unwrap(), b"hello world");
+            assert_eq!(read_record(&d).unwrap(), *r);
+        }
+        assert_ne!(recs[0].id, recs[1].id);
+        assert!(fs::read_dir(s.dir(PARTIAL)).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn abort_and_sweep_leave_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+        let mut p = s.begin(incoming()).unwrap();
+        p.write(b"x").unwrap();
+        p.abort();
+        let mut q = s.begin(incoming()).unwrap();
+        q.write(b"y").unwrap();
+        std::mem::forget(q);
+        let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+        assert!(fs::read_dir(s.dir(PARTIAL)).unwrap().next().is_none());
+        assert!(fs::read_dir(s.dir(READY)).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn admission() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path(), "n1", 100, 0).unwrap();
+        assert!(matches!(s.admit(101), Err(Refusal::TooLarge { .. })));
+        assert!(s.admit(100).is_ok());
+        let s = Spool::open(t.path(), "n1", u64::MAX, u64::MAX / 2).unwrap();
+        assert!(matches!(s.admit(1), Err(Refusal::NoSpace { .. })));
+    }
+}
