@@ -5,3 +5,6 @@ pub mod config;
 pub mod record;
 pub mod spool;
 pub mod units;
+pub mod admin;
+pub mod inbox;
+pub mod pipeline;
