@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` execs this):
+#   1. install the system packages the tests drive (scripts/install-deps.sh)
+#   2. cargo test --release   (unit + integration tests against the real binary
+#                              and real OpenSSH/paramiko/curl/JSch clients)
+#   3. cargo clippy --all-targets -- -D warnings
+#   4. cargo fmt --check
+# Exits non-zero if any step fails. Every step runs even after an earlier failure
+# (except that nothing runs when the dependencies cannot be installed), so one run
+# reports everything. Tests never skip for a missing tool: they fail.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+# Integration tests read this to refuse any "skip when missing" behaviour.
+export INGESTD_TESTS_REQUIRE_TOOLS=1
+
+step() { echo; echo "==> $*"; }
+
+step "install test dependencies"
+if ! bash scripts/install-deps.sh; then
+  echo "test.sh: FAILED: dependencies could not be installed" >&2
+  exit 1
+fi
+for tool in ssh scp sftp ssh-keygen timeout curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "test.sh: FAILED: required tool '$tool' is missing after install-deps" >&2
+    exit 1
+  fi
+done
+
+failed=()
+start=$(date +%s)
+
+step "cargo test --release"
+# Bounded so a hung test cannot eat the CI budget.
+if ! timeout --kill-after=30s 40m cargo test --release; then
+  failed+=("cargo test")
+fi
+
+step "cargo clippy --all-targets -- -D warnings"
+if ! cargo clippy --all-targets -- -D warnings; then
+  failed+=("cargo clippy")
+fi
+
+step "cargo fmt --check"
+if ! cargo fmt --check; then
+  failed+=("cargo fmt")
+fi
+
+echo
+echo "test.sh: finished in $(( $(date +%s) - start ))s"
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "test.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "test.sh: all steps passed"
