@@ -8,3 +8,6 @@ pub mod units;
 pub mod admin;
 pub mod inbox;
 pub mod pipeline;
+pub mod scp_proto;
+pub mod exec_cmd;
+pub mod vpath;
