@@ -1,13 +1,18 @@
 //! ingestd: durable high-volume file ingest over SCP and SFTP.
 //! See ARCHITECTURE.md for the module map and the invariants.
 
-pub mod config;
-pub mod record;
-pub mod spool;
-pub mod units;
 pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod exec_cmd;
+pub mod hostkey;
 pub mod inbox;
 pub mod pipeline;
+pub mod record;
 pub mod scp_proto;
-pub mod exec_cmd;
+pub mod scp_sink;
+pub mod server;
+pub mod spool;
+pub mod units;
 pub mod vpath;
+pub mod writer;

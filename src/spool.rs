@@ -189,10 +189,11 @@ impl Spool {
         for s in &staged {
             fs::rename(&s.dir, ready.join(&s.record.id))?;
         }
+        // (each Staged is dropped below; its partial path no longer exists)
         fsync_dir(&ready)?;
         fsync_dir(&self.dir(PARTIAL))?;
         self.wake.notify_one();
-        Ok(staged.into_iter().map(|s| s.record).collect())
+        Ok(staged.iter().map(|s| s.record.clone()).collect())
     }
 
     /// Land a complete file that already sits somewhere on the spool's filesystem
@@ -335,6 +336,15 @@ impl Partial {
     /// order), write `record.json` beside the data. Not yet durable: pass the result
     /// to [`Spool::commit`].
     pub fn complete(mut self) -> io::Result<Staged> {
+        let dir = std::mem::take(&mut self.dir);
+        let staged = self.complete_in(&dir);
+        if staged.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        staged
+    }
+
+    fn complete_in(&mut self, dir: &Path) -> io::Result<Staged> {
         let hash = if self.hashed == self.len {
             self.hasher.finalize()
         } else {
@@ -378,18 +388,24 @@ impl Partial {
             protocol: self.info.protocol.to_string(),
         };
         let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
-        fs::write(self.dir.join(RECORD), json)?;
+        fs::write(dir.join(RECORD), json)?;
         Ok(Staged {
-            dir: self.dir,
-            data: self.file,
+            dir: dir.to_path_buf(),
+            data: self.file.try_clone()?,
             record,
             started: self.started,
         })
     }
 
-    /// Drop an unfinished upload: nothing of it remains.
-    pub fn abort(self) {
-        let _ = fs::remove_dir_all(&self.dir);
+    /// Drop an unfinished upload: nothing of it remains (same as dropping it).
+    pub fn abort(self) {}
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -401,9 +417,10 @@ pub struct Staged {
     pub started: std::time::Instant,
 }
 
-impl Staged {
-    /// Drop it (a later file of the same group commit failed and the sender is told so).
-    pub fn abort(self) {
+/// A staged file that is dropped without being committed is removed (after a commit
+/// its partial directory no longer exists, so nothing is removed).
+impl Drop for Staged {
+    fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

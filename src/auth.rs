@@ -1,0 +1,240 @@
+//! Public-key authentication against OpenSSH-format authorized_keys files.
+//! Files are re-read at every attempt, so edits take effect at once. `%u` in a
+//! path selects a per-login-name file; a `*` in the last component is a glob
+//! (`~/.ssh/*.pub`). Options: `from="..."` is honoured (IP patterns with `*`, `?`,
+//! `!` negation and CIDR); `restrict` and the `no-*` options are accepted (this
+//! server never offers a shell, pty or forwarding anyway); a key carrying an
+//! option that would change what it may do (`command=`, `principals=`,
+//! `cert-authority`, `expiry-time=`, ...) is not used, with a warning.
+
+use crate::vpath::glob_match;
+use russh::keys::ssh_key::{authorized_keys::AuthorizedKeys, PublicKey};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Options that only switch off features this server never offers.
+const HARMLESS: [&str; 9] = [
+    "restrict",
+    "no-pty",
+    "no-port-forwarding",
+    "no-agent-forwarding",
+    "no-X11-forwarding",
+    "no-user-rc",
+    "no-touch-required",
+    "verify-required",
+    "pty",
+];
+
+/// A login name usable in a `%u` path: no separators, no dot-names.
+fn safe_login(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 64
+        && user != "."
+        && user != ".."
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+}
+
+/// Expand the configured patterns for `user` into existing files.
+fn files_for(patterns: &[String], user: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for pat in patterns {
+        let p = if pat.contains("%u") {
+            if !safe_login(user) {
+                continue;
+            }
+            pat.replace("%u", user)
+        } else {
+            pat.clone()
+        };
+        let path = Path::new(&p);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.contains('*') || name.contains('?') {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                let mut found: Vec<_> = rd
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_str().is_some_and(|n| glob_match(name, n)))
+                    .map(|e| e.path())
+                    .collect();
+                found.sort();
+                out.extend(found);
+            }
+        } else if path.exists() {
+            out.push(path.to_path_buf());
+        }
+    }
+    out
+}
+
+/// Does `key`, offered by `user` from `ip`, appear in the authorized_keys files
+/// with options that allow it? Blocking (reads files).
+pub fn is_authorized(patterns: &[String], user: &str, ip: Option<IpAddr>, key: &PublicKey) -> bool {
+    for file in files_for(patterns, user) {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            tracing::warn!(file = %file.display(), "cannot read authorized_keys file");
+            continue;
+        };
+        for (n, entry) in AuthorizedKeys::new(&text).enumerate() {
+            let Ok(entry) = entry else {
+                continue;
+            };
+            if entry.public_key().key_data() != key.key_data() {
+                continue;
+            }
+            match options_allow(entry.config_opts().iter(), ip) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(opt) => tracing::warn!(
+                    file = %file.display(),
+                    entry = n + 1,
+                    option = opt,
+                    "authorized key not used: option not supported by ingestd"
+                ),
+            }
+        }
+    }
+    false
+}
+
+/// `Ok(true)` if the options let a connection from `ip` use the key; `Err(option)`
+/// for an option this server does not support.
+fn options_allow<'a>(
+    opts: impl Iterator<Item = &'a str>,
+    ip: Option<IpAddr>,
+) -> Result<bool, String> {
+    let mut allowed = true;
+    for opt in opts {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v.trim_matches('"'))),
+            None => (opt, None),
+        };
+        match (name.to_ascii_lowercase().as_str(), value) {
+            ("from", Some(list)) => {
+                if !ip.is_some_and(|ip| from_matches(list, ip)) {
+                    allowed = false;
+                }
+            }
+            (n, None) if HARMLESS.iter().any(|h| h.eq_ignore_ascii_case(n)) => {}
+            ("permitopen" | "permitlisten" | "environment", Some(_)) => {}
+            _ => return Err(opt.to_string()),
+        }
+    }
+    Ok(allowed)
+}
+
+/// OpenSSH `from=` pattern list against an address: a matching negated pattern
+/// denies; otherwise any matching positive pattern allows.
+pub fn from_matches(list: &str, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let text = ip.to_string();
+    let mut any = false;
+    for pat in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (neg, pat) = match pat.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pat),
+        };
+        let hit = if let Some((net, bits)) = pat.split_once('/') {
+            cidr_contains(net, bits, ip)
+        } else {
+            glob_match(pat, &text)
+        };
+        if hit && neg {
+            return false;
+        }
+        any |= hit;
+    }
+    any
+}
+
+fn cidr_contains(net: &str, bits: &str, ip: IpAddr) -> bool {
+    let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) if bits <= 32 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) if bits <= 128 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl k1";
+    const K2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfszSgVhcBmJYmS1JGmZmH k2";
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn from_patterns() {
+        let a: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(from_matches("10.1.2.3", a));
+        assert!(from_matches("10.1.*", a));
+        assert!(from_matches("192.168.0.1,10.0.0.0/8", a));
+        assert!(!from_matches("10.0.0.0/8,!10.1.2.3", a));
+        assert!(!from_matches("192.168.*", a));
+        assert!(from_matches(
+            "127.0.0.1",
+            "::ffff:127.0.0.1".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn files_options_and_per_user() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("authorized_keys");
+        std::fs::write(
+            &shared,
+            format!("# comment\nrestrict,from=\"127.0.0.1\" {K1}\ncommand=\"/bin/sh\" {K2}\n"),
+        )
+        .unwrap();
+        let pats = vec![shared.to_string_lossy().into_owned()];
+        let k1 = PublicKey::from_openssh(K1).unwrap();
+        let k2 = PublicKey::from_openssh(K2).unwrap();
+        assert!(is_authorized(&pats, "anyone", ip("127.0.0.1"), &k1));
+        assert!(!is_authorized(&pats, "anyone", ip("10.0.0.1"), &k1));
+        assert!(
+            !is_authorized(&pats, "anyone", ip("127.0.0.1"), &k2),
+            "command= keys are not used"
+        );
+
+        std::fs::create_dir(t.path().join("keys")).unwrap();
+        std::fs::write(t.path().join("keys/bob"), format!("{K2}\n")).unwrap();
+        let per = vec![t.path().join("keys/%u").to_string_lossy().into_owned()];
+        assert!(is_authorized(&per, "bob", ip("127.0.0.1"), &k2));
+        assert!(!is_authorized(&per, "alice", ip("127.0.0.1"), &k2));
+        assert!(!is_authorized(&per, "../keys/bob", ip("127.0.0.1"), &k2));
+
+        std::fs::write(t.path().join("keys/id_x.pub"), format!("{K1}\n")).unwrap();
+        let glob = vec![t.path().join("keys/*.pub").to_string_lossy().into_owned()];
+        assert!(is_authorized(&glob, "x", ip("127.0.0.1"), &k1));
+        assert!(!is_authorized(&glob, "x", ip("127.0.0.1"), &k2));
+    }
+}

@@ -1,0 +1,121 @@
+//! A file being landed, written by its own thread: protocol tasks hand over
+//! chunks through a bounded queue and never block the SSH connection loop on disk
+//! I/O. Errors are sticky and reported on the next call and at completion.
+//! Dropping a writer without completing it removes the partial file.
+
+use crate::spool::{Incoming, Partial, Spool, Staged};
+use bytes::Bytes;
+use std::io;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+enum Cmd {
+    Write(u64, Bytes),
+    SetLen(u64),
+    Complete(oneshot::Sender<io::Result<Staged>>),
+}
+
+pub struct FileWriter {
+    tx: mpsc::Sender<Cmd>,
+    error: Arc<Mutex<Option<String>>>,
+    /// Highest end offset written so far (the file's length, as seen by the protocol).
+    len: u64,
+    id: String,
+}
+
+impl FileWriter {
+    /// Create `partial/<id>/data` and start its writer thread.
+    pub async fn start(spool: Arc<Spool>, info: Incoming) -> io::Result<FileWriter> {
+        let partial = tokio::task::spawn_blocking(move || spool.begin(info))
+            .await
+            .map_err(io::Error::other)??;
+        let id = partial.id().to_string();
+        let (tx, rx) = mpsc::channel(32);
+        let error = Arc::new(Mutex::new(None));
+        let err2 = error.clone();
+        std::thread::Builder::new()
+            .name("ingestd-writer".into())
+            .spawn(move || run(partial, rx, err2))?;
+        Ok(FileWriter {
+            tx,
+            error,
+            len: 0,
+            id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match &*self.error.lock().unwrap() {
+            Some(e) => Err(io::Error::other(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn send(&self, c: Cmd) -> io::Result<()> {
+        self.check()?;
+        self.tx
+            .send(c)
+            .await
+            .map_err(|_| io::Error::other("writer thread ended"))
+    }
+
+    pub async fn append(&mut self, data: Bytes) -> io::Result<()> {
+        let off = self.len;
+        self.write_at(off, data).await
+    }
+
+    pub async fn write_at(&mut self, off: u64, data: Bytes) -> io::Result<()> {
+        self.len = self.len.max(off + data.len() as u64);
+        self.send(Cmd::Write(off, data)).await
+    }
+
+    pub async fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.len = len;
+        self.send(Cmd::SetLen(len)).await
+    }
+
+    /// Wait for every queued write, hash, write the record: the file is staged for
+    /// [`Spool::commit`].
+    pub async fn complete(self) -> io::Result<Staged> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Complete(tx)).await?;
+        rx.await
+            .map_err(|_| io::Error::other("writer thread ended"))?
+    }
+}
+
+fn run(mut p: Partial, mut rx: mpsc::Receiver<Cmd>, error: Arc<Mutex<Option<String>>>) {
+    let mut failed = false;
+    while let Some(cmd) = rx.blocking_recv() {
+        let r = match cmd {
+            Cmd::Write(_, _) | Cmd::SetLen(_) if failed => Ok(()),
+            Cmd::Write(off, data) => p.write_at(off, &data),
+            Cmd::SetLen(len) => p.set_len(len),
+            Cmd::Complete(reply) => {
+                let r = match error.lock().unwrap().clone() {
+                    Some(e) => Err(io::Error::other(e)),
+                    None => p.complete(),
+                };
+                let _ = reply.send(r);
+                return;
+            }
+        };
+        if let Err(e) = r {
+            failed = true;
+            *error.lock().unwrap() = Some(e.to_string());
+        }
+    }
+    // sender dropped without completing: `p` is dropped, removing the partial entry
+}
