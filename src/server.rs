@@ -299,7 +299,9 @@ impl Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        // Accepted so that the following shell/exec request gets its clear refusal
+        // (OpenSSH gives up silently when an explicitly requested pty fails).
+        session.channel_success(channel)?;
         Ok(())
     }
 
