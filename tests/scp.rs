@@ -1,0 +1,762 @@
+//! Legacy SCP (`scp -O`, i.e. `scp -t` over exec) against the real daemon, driven by
+//! the real OpenSSH client, and hostile SCP streams sent raw through `ssh host 'scp -t .'`.
+//!
+//! Nodes here are started with `hold_in_ready` (archiving cannot succeed), so landed
+//! entries stay in `spool/ready`; assertions still look at every landed state.
+//! Assertions about landing are made only after the client exited: exit status 0 means
+//! every file is durable and visible.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const USER: &str = "alice";
+
+fn held() -> Node {
+    Node::start_opts(NodeOpts::held())
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Run `scp -O args...` and require success.
+fn scp_ok(node: &Node, args: &[&str]) {
+    let out = node.scp_o(args);
+    assert!(
+        out.status.success(),
+        "scp -O {args:?} failed:\n{}\nnode log:\n{}",
+        show(&out),
+        node.log()
+    );
+}
+
+/// The entry matches the content and the sender's facts.
+fn assert_entry(e: &Entry, content: &[u8], path: &str) {
+    assert_eq!(e.record.path, path, "recorded path; record: {:?}", e.record);
+    assert_eq!(e.record.user, USER, "recorded user; record: {:?}", e.record);
+    assert_eq!(
+        e.record.size,
+        content.len() as u64,
+        "recorded size; record: {:?}",
+        e.record
+    );
+    assert_eq!(
+        e.record.blake3,
+        blake3_hex(content),
+        "recorded blake3; record: {:?}",
+        e.record
+    );
+    assert_eq!(e.record.protocol, "scp", "record: {:?}", e.record);
+    assert_eq!(e.record.node, "test-node", "record: {:?}", e.record);
+    assert!(
+        e.record.id.starts_with("test-node-"),
+        "record: {:?}",
+        e.record
+    );
+    assert!(
+        e.record.remote_addr.starts_with("127.0.0.1:"),
+        "remote_addr; record: {:?}",
+        e.record
+    );
+    assert_eq!(
+        e.dir.file_name().unwrap().to_str().unwrap(),
+        e.record.id,
+        "entry dir is named by its id"
+    );
+    let data = e.data();
+    assert!(
+        data == content,
+        "landed bytes differ for {path}: {} bytes blake3 {} vs sent {} bytes blake3 {}",
+        data.len(),
+        blake3_hex(&data),
+        content.len(),
+        blake3_hex(content)
+    );
+}
+
+fn assert_nothing_landed(node: &Node, context: &str) {
+    let landed = node.landed();
+    assert!(
+        landed.is_empty(),
+        "{context}: nothing may land, but found {:?}",
+        landed
+            .iter()
+            .map(|e| (&e.state, &e.record.path))
+            .collect::<Vec<_>>()
+    );
+}
+
+fn wait_partial_empty(node: &Node, context: &str) {
+    let ok = poll(Duration::from_secs(30), || {
+        node.partial_is_empty().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{context}: spool/partial not cleaned up within 30s: {:?}",
+        node.partial_names()
+    );
+}
+
+/// After whatever the test did, a normal upload still works and lands.
+fn assert_still_serves(node: &Node) {
+    let before = node.landed().len();
+    let f = node.src.join(format!("after-{}.bin", unique_token()));
+    let content = random_file(&f, 10_000);
+    scp_ok(node, &[path_str(&f), &node.target(USER, "")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), before + 1, "the follow-up upload landed once");
+    let name = f.file_name().unwrap().to_str().unwrap();
+    assert_entry(find_one(&landed, name), &content, name);
+}
+
+// ---------------------------------------------------------------------------
+// uploads that must land
+
+#[test]
+fn one_large_file_lands_intact() {
+    let node = held();
+    let f = node.src.join("big.bin");
+    let content = random_file(&f, 8 << 20);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1, "one entry");
+    let e = &landed[0];
+    assert_entry(e, &content, "big.bin");
+    assert_eq!(e.record.mode, 0o644, "mode of a default-umask file");
+    assert_eq!(e.record.mtime, None, "no -p: no times sent");
+    wait_partial_empty(&node, "after a successful upload");
+}
+
+#[test]
+fn several_files_in_one_command() {
+    let node = held();
+    let sizes = [("a.bin", 100_000), ("b.bin", 1 << 20), ("c.txt", 3)];
+    let mut sent = Vec::new();
+    for (name, size) in sizes {
+        let p = node.src.join(name);
+        sent.push((name, random_file(&p, size), p));
+    }
+    let mut args: Vec<&str> = sent.iter().map(|(_, _, p)| path_str(p)).collect();
+    let target = node.target(USER, "");
+    args.push(&target);
+    scp_ok(&node, &args);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 3, "three entries");
+    for (name, content, _) in &sent {
+        assert_entry(find_one(&landed, name), content, name);
+    }
+    let ids: std::collections::HashSet<_> = landed.iter().map(|e| &e.record.id).collect();
+    assert_eq!(ids.len(), 3, "distinct ids");
+}
+
+#[test]
+fn empty_file_lands() {
+    let node = held();
+    let f = node.src.join("empty");
+    write_file(&f, b"");
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1);
+    assert_entry(&landed[0], b"", "empty");
+}
+
+#[test]
+fn name_with_spaces() {
+    let node = held();
+    let f = node.src.join("my report (final) v2.txt");
+    let content = random_file(&f, 4321);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1);
+    assert_entry(&landed[0], &content, "my report (final) v2.txt");
+}
+
+#[test]
+fn shell_metacharacters_in_a_name_are_literal() {
+    // From OpenSSH's regress/scp.sh: a file named `touch metachartest`.
+    let node = held();
+    let token = unique_token();
+    let name = format!("`touch metachar-{token}`; $(touch metachar2-{token}) *");
+    let f = node.src.join(&name);
+    let content = random_file(&f, 777);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1);
+    assert_entry(&landed[0], &content, &name);
+    for w in [format!("metachar-{token}"), format!("metachar2-{token}")] {
+        let found: Vec<_> = node
+            .find_named(&w)
+            .into_iter()
+            .filter(|p| !p.starts_with(&node.spool))
+            .collect();
+        assert!(found.is_empty(), "a shell ran: {found:?}");
+        assert!(!std::path::Path::new("/tmp").join(&w).exists());
+    }
+}
+
+#[test]
+fn recursive_tree_with_times_and_modes() {
+    let node = held();
+    let tree = node.src.join("tree");
+    let files = [
+        ("a.txt", 1000usize, 0o640u32, 1_500_000_000i64),
+        ("sub/f", 300 << 10, 0o644, 1_500_000_100),
+        ("sub/deeper/g", 0, 0o600, 1_500_000_200),
+        ("sub/deeper/h h", 5, 0o755, 1_500_000_300),
+    ];
+    let mut sent = Vec::new();
+    for (rel, size, mode, mtime) in files {
+        let p = tree.join(rel);
+        let c = random_file(&p, size);
+        set_mode(&p, mode);
+        set_mtime(&p, mtime);
+        sent.push((format!("tree/{rel}"), c, mode, mtime));
+    }
+    std::fs::create_dir_all(tree.join("emptydir")).unwrap();
+    scp_ok(
+        &node,
+        &["-r", "-p", path_str(&tree), &node.target(USER, "")],
+    );
+    let landed = node.landed();
+    assert_eq!(
+        landed.len(),
+        files.len(),
+        "one entry per file (directories are not entries): {:?}",
+        landed.iter().map(|e| &e.record.path).collect::<Vec<_>>()
+    );
+    for (path, content, mode, mtime) in &sent {
+        let e = find_one(&landed, path);
+        assert_entry(e, content, path);
+        assert_eq!(e.record.mode, *mode, "mode of {path}");
+        assert_eq!(e.record.mtime, Some(*mtime), "mtime of {path} (scp -p)");
+        assert!(e.record.atime.is_some(), "atime of {path} (scp -p)");
+    }
+}
+
+#[test]
+fn same_name_twice_gives_two_entries() {
+    let node = held();
+    let f = node.src.join("dup.bin");
+    let first = random_file(&f, 5000);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    let second = random_bytes(6000, 42);
+    write_file(&f, &second);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 2, "both uploads kept");
+    assert_ne!(landed[0].record.id, landed[1].record.id);
+    // ids are time-ordered (ULID): the first upload sorts first
+    assert_entry(&landed[0], &first, "dup.bin");
+    assert_entry(&landed[1], &second, "dup.bin");
+}
+
+#[test]
+fn upload_into_a_directory_target() {
+    let node = held();
+    let f = node.src.join("f.dat");
+    let content = random_file(&f, 2048);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "some/dir/")]);
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1);
+    assert_entry(&landed[0], &content, "some/dir/f.dat");
+}
+
+// ---------------------------------------------------------------------------
+// refusals
+
+#[test]
+fn unknown_key_is_refused() {
+    let node = held();
+    let other = node.gen_key("key_other");
+    let f = node.src.join("x.bin");
+    random_file(&f, 100);
+    let out = node.scp_o_with_key(&other, &[path_str(&f), &node.target(USER, "")]);
+    assert!(
+        !out.status.success(),
+        "an unknown key must be refused:\n{}",
+        show(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{}", show(&out));
+    assert_nothing_landed(&node, "unknown key");
+    assert_still_serves(&node);
+}
+
+fn assert_one_line_refusal(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected a one-line message on stderr:\n{}",
+        show(out)
+    );
+}
+
+#[test]
+fn exec_of_other_commands_is_refused() {
+    let node = held();
+    let token = unique_token();
+    for cmd in [
+        "id".to_string(),
+        format!("touch /tmp/pwn-{token}"),
+        format!("sh -c 'touch /tmp/pwn-{token}'"),
+        "cat /etc/passwd".to_string(),
+    ] {
+        let out = node.ssh(USER, &cmd);
+        assert_eq!(out.status.code(), Some(1), "exec {cmd:?}:\n{}", show(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "exec {cmd:?}: no output on stdout:\n{}",
+            show(&out)
+        );
+        assert_one_line_refusal(&out, &format!("exec {cmd:?}"));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/tmp/pwn-{token}")).exists(),
+        "a command ran"
+    );
+    assert_nothing_landed(&node, "exec of other commands");
+    assert_still_serves(&node);
+}
+
+#[test]
+fn scp_with_shell_syntax_in_the_target_runs_no_shell() {
+    let node = held();
+    let token = unique_token();
+    let out = node.ssh_stdin(USER, &format!("scp -t .; touch /tmp/pwn-{token}"), b"");
+    let pwned = std::path::Path::new("/tmp").join(format!("pwn-{token}"));
+    assert!(!pwned.exists(), "a shell ran:\n{}", show(&out));
+    let out = node.ssh_stdin(USER, &format!("scp -t \"$(touch /tmp/pwn-{token})\""), b"");
+    assert!(!pwned.exists(), "a shell ran:\n{}", show(&out));
+    assert!(node.find_named(&format!("pwn-{token}")).is_empty());
+    assert_nothing_landed(&node, "shell syntax");
+    assert_still_serves(&node);
+}
+
+#[test]
+fn shell_without_pty_is_refused() {
+    let node = held();
+    let out = node.ssh_args(&["-T"], USER, None);
+    assert_eq!(out.status.code(), Some(1), "shell:\n{}", show(&out));
+    assert_one_line_refusal(&out, "shell");
+    assert_nothing_landed(&node, "shell");
+    assert_still_serves(&node);
+}
+
+#[test]
+fn shell_with_pty_is_refused() {
+    let node = held();
+    // stdin is /dev/null; -tt forces the pty request anyway.
+    let out = node.ssh_args(&["-tt"], USER, None);
+    assert!(
+        !out.status.success(),
+        "shell with pty must fail:\n{}",
+        show(&out)
+    );
+    assert!(
+        !(out.stdout.is_empty() && out.stderr.is_empty()),
+        "the refusal says something:\n{}",
+        show(&out)
+    );
+    let out = node.ssh_args(&["-tt"], USER, Some("id"));
+    assert!(
+        !out.status.success(),
+        "exec with pty must fail:\n{}",
+        show(&out)
+    );
+    assert_nothing_landed(&node, "pty");
+    assert_still_serves(&node);
+}
+
+#[test]
+fn download_is_refused() {
+    // `scp -O host:file .` runs `scp -f file` on the server: upload-only service.
+    let node = held();
+    let dest = node.src.join("downloaded");
+    let out = node.scp_o(&[&node.target(USER, "whatever"), path_str(&dest)]);
+    assert!(
+        !out.status.success(),
+        "scp -f must be refused:\n{}",
+        show(&out)
+    );
+    assert!(!dest.exists(), "nothing downloaded");
+    assert_nothing_landed(&node, "download");
+    assert_still_serves(&node);
+}
+
+#[test]
+fn file_over_max_file_size_is_refused() {
+    let node = Node::start_opts(NodeOpts {
+        max_file_size: Some("1MiB".into()),
+        ..NodeOpts::held()
+    });
+    let at = node.src.join("at-limit.bin");
+    let at_content = random_file(&at, 1 << 20);
+    scp_ok(&node, &[path_str(&at), &node.target(USER, "")]);
+
+    let over = node.src.join("over-limit.bin");
+    random_file(&over, (1 << 20) + 1);
+    let out = node.scp_o(&[path_str(&over), &node.target(USER, "")]);
+    assert!(
+        !out.status.success(),
+        "over the limit must fail:\n{}",
+        show(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("too large") || err.contains("limit") || err.contains("max"),
+        "the refusal names the size limit:\n{}",
+        show(&out)
+    );
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1, "only the file at the limit landed");
+    assert_entry(&landed[0], &at_content, "at-limit.bin");
+    wait_partial_empty(&node, "refused file");
+
+    // The refusal comes before any data is sent (checked against the header's size).
+    let mut s = node.ssh_spawn(USER, "scp -t .");
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0]),
+        "sink ready; stderr: {}",
+        s.stderr()
+    );
+    assert!(s.write(b"C0644 2000000 header-too-big\n"));
+    let reply = s.read_exact_timeout(1, Duration::from_secs(20));
+    assert!(
+        matches!(reply.as_deref(), Some([1]) | Some([2])),
+        "the header of an oversized file is refused at once, got {reply:?}"
+    );
+    let rest = s.read_exact_timeout(1, Duration::from_secs(5));
+    assert!(rest.is_some(), "a message follows the error byte");
+    drop(s);
+    wait_partial_empty(&node, "refused header");
+    assert_eq!(node.landed().len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// hostile SCP streams (a malicious or broken sender)
+
+struct Hostile {
+    /// The exec command (`scp -t .` or `scp -r -t .`).
+    cmd: &'static str,
+    /// The bytes the "sender" writes.
+    input: Vec<u8>,
+    /// The error message (after \x01/\x02) must mention one of these (lowercase);
+    /// `None`: no error byte is required (the sender itself broke off).
+    keywords: Option<&'static [&'static str]>,
+}
+
+const NAME_WORDS: &[&str] = &["name", "path"];
+const SIZE_WORDS: &[&str] = &["size", "length"];
+const MODE_WORDS: &[&str] = &["mode", "permission"];
+const PROTO_WORDS: &[&str] = &["protocol", "unexpected", "unknown", "invalid", "expected"];
+
+fn run_hostile(h: Hostile, token: &str) {
+    let node = held();
+    let out = node.ssh_stdin(USER, h.cmd, &h.input);
+    let ctx = format!(
+        "{} with input {:?}",
+        h.cmd,
+        String::from_utf8_lossy(&h.input[..h.input.len().min(200)])
+    );
+    assert!(
+        !out.status.success(),
+        "{ctx}: must exit non-zero:\n{}",
+        show(&out)
+    );
+    assert_eq!(
+        out.stdout.first(),
+        Some(&0u8),
+        "{ctx}: the sink starts with \\0:\n{}",
+        show(&out)
+    );
+    if let Some(words) = h.keywords {
+        let pos = out.stdout.iter().position(|b| *b == 1 || *b == 2);
+        let Some(pos) = pos else {
+            panic!(
+                "{ctx}: no \\x01/\\x02 error reply on stdout:\n{}",
+                show(&out)
+            );
+        };
+        let msg_bytes = &out.stdout[pos + 1..];
+        let end = msg_bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .unwrap_or_else(|| panic!("{ctx}: error message not ended by \\n:\n{}", show(&out)));
+        let msg = String::from_utf8_lossy(&msg_bytes[..end]).to_string();
+        assert!(
+            msg.starts_with("scp: ") && msg.len() > 5,
+            "{ctx}: error message should be \"scp: <reason>\", got {msg:?}"
+        );
+        assert!(
+            !msg.chars().any(|c| c.is_control()),
+            "{ctx}: the message must not echo control characters: {msg:?}"
+        );
+        let lower = msg.to_lowercase();
+        assert!(
+            words.iter().any(|w| lower.contains(w)),
+            "{ctx}: message {msg:?} should mention one of {words:?}"
+        );
+    }
+    assert_nothing_landed(&node, &ctx);
+    wait_partial_empty(&node, &ctx);
+    let unexpected = node.unexpected_files();
+    assert!(
+        unexpected.is_empty(),
+        "{ctx}: files created outside the spool: {unexpected:?}"
+    );
+    let named: Vec<_> = node
+        .find_named(token)
+        .into_iter()
+        .filter(|p| !p.starts_with(&node.spool))
+        .collect();
+    assert!(
+        named.is_empty(),
+        "{ctx}: files named after the upload: {named:?}"
+    );
+    // The spool itself holds no file named after the upload either.
+    let in_spool = node.find_named(token);
+    assert!(in_spool.is_empty(), "{ctx}: spool holds {in_spool:?}");
+    assert_still_serves(&node);
+}
+
+fn file_case(header: &str, keywords: &'static [&'static str]) -> Hostile {
+    let mut input = header.as_bytes().to_vec();
+    input.extend_from_slice(b"hello\0");
+    Hostile {
+        cmd: "scp -t .",
+        input,
+        keywords: Some(keywords),
+    }
+}
+
+macro_rules! hostile_file {
+    ($name:ident, $fmt:expr, $words:expr) => {
+        #[test]
+        fn $name() {
+            let token = unique_token();
+            let header = $fmt.replace("{t}", &token);
+            run_hostile(file_case(&header, $words), &token);
+        }
+    };
+}
+
+hostile_file!(
+    hostile_name_dotdot_slash,
+    "C0644 5 ../evil-{t}\n",
+    NAME_WORDS
+);
+hostile_file!(
+    hostile_name_dotdot_deep,
+    "C0644 5 ../../../../tmp/evil-{t}\n",
+    NAME_WORDS
+);
+hostile_file!(hostile_name_absolute, "C0644 5 /tmp/evil-{t}\n", NAME_WORDS);
+hostile_file!(hostile_name_with_slash, "C0644 5 a/evil-{t}\n", NAME_WORDS);
+hostile_file!(hostile_name_dot, "C0644 5 .\n", NAME_WORDS);
+hostile_file!(hostile_name_dotdot, "C0644 5 ..\n", NAME_WORDS);
+hostile_file!(hostile_name_empty, "C0644 5 \n", NAME_WORDS);
+hostile_file!(
+    hostile_name_control_char,
+    "C0644 5 evil\x01-{t}\n",
+    NAME_WORDS
+);
+hostile_file!(
+    hostile_name_escape_sequence,
+    "C0644 5 evil\x1b[2J-{t}\n",
+    NAME_WORDS
+);
+hostile_file!(hostile_size_negative, "C0644 -5 evil-{t}\n", SIZE_WORDS);
+hostile_file!(hostile_size_suffix, "C0644 5x evil-{t}\n", SIZE_WORDS);
+hostile_file!(
+    hostile_size_overflow,
+    "C0644 99999999999999999999999 evil-{t}\n",
+    &["size", "large", "length"]
+);
+hostile_file!(hostile_mode_not_octal, "C9999 5 evil-{t}\n", MODE_WORDS);
+hostile_file!(hostile_mode_letters, "Cxyz 5 evil-{t}\n", MODE_WORDS);
+hostile_file!(hostile_garbage_command, "Qgarbage-{t}\n", PROTO_WORDS);
+hostile_file!(
+    hostile_directory_without_r,
+    "D0755 0 evil-{t}\n",
+    &["director", "-r", "recurs"]
+);
+hostile_file!(
+    hostile_bad_times,
+    "Tabc 0 0 0\nC0644 5 evil-{t}\n",
+    &["time", "protocol", "invalid"]
+);
+
+#[test]
+fn hostile_directory_dotdot() {
+    let token = unique_token();
+    let input = format!("D0755 0 ..\nC0644 5 evil-{token}\nhello\0E\n");
+    run_hostile(
+        Hostile {
+            cmd: "scp -r -t .",
+            input: input.into_bytes(),
+            keywords: Some(&["name", "path", "director"]),
+        },
+        &token,
+    );
+}
+
+#[test]
+fn hostile_directory_with_slash() {
+    let token = unique_token();
+    let input = format!("D0755 0 a/../../x-{token}\nC0644 5 evil-{token}\nhello\0E\n");
+    run_hostile(
+        Hostile {
+            cmd: "scp -r -t .",
+            input: input.into_bytes(),
+            keywords: Some(&["name", "path", "director"]),
+        },
+        &token,
+    );
+}
+
+#[test]
+fn hostile_overlong_line() {
+    let token = unique_token();
+    let mut input = format!("C0644 5 evil-{token}").into_bytes();
+    input.extend(std::iter::repeat_n(b'a', 100_000));
+    input.extend_from_slice(b"\nhello\0");
+    run_hostile(
+        Hostile {
+            cmd: "scp -t .",
+            input,
+            keywords: Some(&["long", "line", "name"]),
+        },
+        &token,
+    );
+}
+
+#[test]
+fn hostile_truncated_data_then_eof() {
+    let token = unique_token();
+    run_hostile(
+        Hostile {
+            cmd: "scp -t .",
+            input: format!("C0644 5 evil-{token}\nabc").into_bytes(),
+            keywords: None,
+        },
+        &token,
+    );
+}
+
+#[test]
+fn hostile_sender_reports_error_after_data() {
+    // The sender's own read failed: it sends \x01 + message instead of the final \0.
+    let token = unique_token();
+    run_hostile(
+        Hostile {
+            cmd: "scp -t .",
+            input: format!("C0644 5 evil-{token}\nhello\x01scp: read error\n").into_bytes(),
+            keywords: None,
+        },
+        &token,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// broken connections and limits
+
+#[test]
+fn client_killed_mid_transfer_leaves_nothing() {
+    let node = held();
+    let token = unique_token();
+    let mut s = node.ssh_spawn(USER, "scp -t .");
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0]),
+        "sink ready; stderr: {}",
+        s.stderr()
+    );
+    assert!(s.write(format!("C0644 104857600 big-{token}\n").as_bytes()));
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0]),
+        "header acked; stderr: {}",
+        s.stderr()
+    );
+    let chunk = random_bytes(64 << 10, 7);
+    for _ in 0..(6 << 20) / chunk.len() {
+        assert!(s.write(&chunk), "ssh accepts data; stderr: {}", s.stderr());
+    }
+    let started = poll(Duration::from_secs(30), || {
+        (node.partial_bytes() > 0).then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the upload is being written to spool/partial: {:?}",
+        node.partial_names()
+    );
+    s.kill();
+    wait_partial_empty(&node, "client killed mid-transfer");
+    assert_nothing_landed(&node, "client killed mid-transfer");
+    assert!(node.find_named(&token).is_empty());
+    assert_still_serves(&node);
+}
+
+#[test]
+fn sessions_over_max_sessions_are_refused() {
+    let node = Node::start_opts(NodeOpts {
+        max_sessions: Some(1),
+        ..NodeOpts::held()
+    });
+    // Hold the only session: a sink waiting for its first control line.
+    // (Retry briefly: the harness's readiness probe may still occupy the slot.)
+    let mut holder = None;
+    for _ in 0..20 {
+        let mut s = node.ssh_spawn(USER, "scp -t .");
+        if s.read_exact_timeout(1, Duration::from_secs(10)) == Some(vec![0]) {
+            holder = Some(s);
+            break;
+        }
+        drop(s);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut holder = holder.expect("the first session is served");
+
+    let f = node.src.join("second.bin");
+    let content = random_file(&f, 1000);
+    let out = node.scp_o(&[path_str(&f), &node.target(USER, "")]);
+    assert!(
+        !out.status.success(),
+        "a second session must be refused:\n{}",
+        show(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        ["session", "too many", "busy", "limit", "capacity", "full"]
+            .iter()
+            .any(|w| err.contains(w)),
+        "the refusal says why:\n{}",
+        show(&out)
+    );
+    assert_nothing_landed(&node, "refused session");
+
+    // Close the first session: EOF before any file is a clean end.
+    holder.close_stdin();
+    let st = holder.wait_timeout(Duration::from_secs(20));
+    assert!(st.is_some(), "the held session ends after EOF");
+
+    // The slot is free again (the server may take a moment to notice).
+    let ok = poll(Duration::from_secs(15), || {
+        node.scp_o(&[path_str(&f), &node.target(USER, "")])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "after the first session ended, uploads are served again"
+    );
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1);
+    assert_entry(&landed[0], &content, "second.bin");
+}
