@@ -1,12 +1,377 @@
-//! The per-file pipeline: archive, then process, then forward (stub; see issue 4).
+//! The per-file pipeline: archive, then process, then forward.
+//!
+//! Each step is a *stage* working on one state directory of the spool:
+//!
+//! | stage   | works on      | on success moves the entry to               | workers                 |
+//! |---------|---------------|---------------------------------------------|-------------------------|
+//! | archive | `ready/`      | `archived/` (`processed/` without [process])| `pipeline.archive_workers` |
+//! | process | `archived/`   | `processed/`                                | `process.concurrency`   |
+//! | forward | `processed/`  | removed                                     | `pipeline.forward_workers` |
+//!
+//! A stage has one scanner (a blocking thread walking its directory with `read_dir`,
+//! never holding more than one directory entry at a time) that hands entries to at
+//! most `workers` concurrent tasks; an in-flight set (bounded by `workers`) keeps an
+//! entry from being handed out twice. So memory is bounded however large the backlog.
+//! The scanner runs a pass when woken (the spool's wake-up after a commit into
+//! `ready/`, or the previous stage's success), when the earliest retry falls due,
+//! and every `pipeline.rescan_interval` (which also notices entries requeued by
+//! `ingestd retry`).
+//!
+//! Failures: a counted failure ([`fsx::StepError::Failed`]) is written to the entry's
+//! `state.json` with the retry time (`initial_backoff * 2^(n-1)`, capped at
+//! `max_backoff`, ±20% jitter); after `retry.max_attempts` the entry moves to
+//! `quarantine/`. An *outage* (target directory missing, not a directory, read-only,
+//! full, I/O errors) is not the entry's fault and is not counted: the whole stage
+//! pauses with a stage-level backoff capped at `min(max_backoff, rescan_interval)`,
+//! then tries again, so it heals on its own soon after the target returns.
+//!
+//! Every step is idempotent: its output name is a pure function of the entry, it is
+//! written under a temporary name and renamed, and the state rename comes last. A
+//! crash at any point makes the step run again with the same result.
+
+pub mod archive;
+pub mod forward;
+pub mod fsx;
+pub mod process;
+pub mod state;
 
 use crate::config::Config;
-use crate::spool::Spool;
-use std::sync::Arc;
-use tokio::sync::watch;
+use crate::record::Attempt;
+use crate::spool::{Spool, ARCHIVED, PROCESSED, READY};
+use fsx::StepError;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-/// Run the pipeline until `shutdown` becomes true.
-pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, mut shutdown: watch::Receiver<bool>) {
-    let _ = (cfg, spool);
-    let _ = shutdown.changed().await;
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Archive,
+    Process,
+    Forward,
+}
+
+impl Kind {
+    fn step(self) -> &'static str {
+        match self {
+            Kind::Archive => state::STEP_ARCHIVE,
+            Kind::Process => state::STEP_PROCESS,
+            Kind::Forward => state::STEP_FORWARD,
+        }
+    }
+}
+
+struct Stage {
+    kind: Kind,
+    /// `spool/<state>` this stage takes its entries from.
+    state: &'static str,
+    dir: PathBuf,
+    sem: Arc<Semaphore>,
+    inflight: Mutex<HashSet<String>>,
+    /// Wakes this stage's scanner.
+    notify: Arc<Notify>,
+    /// Woken after each success (the next stage's scanner).
+    next: Option<Arc<Notify>>,
+    /// Consecutive outage probes (stage-level backoff).
+    outages: AtomicU32,
+    /// Unix ms before which no entry is handed out (outage pause).
+    pause_until_ms: AtomicU64,
+    active: AtomicUsize,
+}
+
+struct Shared {
+    cfg: Arc<Config>,
+    spool: Arc<Spool>,
+    stop: AtomicBool,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Run the pipeline until `shutdown` becomes true; then stop handing out work, let
+/// the steps in flight finish (process commands are killed: they rerun after the
+/// restart, uncounted) and return.
+pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: watch::Receiver<bool>) {
+    // The target roots are created once, here; later a missing root is an outage.
+    {
+        let dirs = [cfg.archive.dir.clone(), cfg.forward.dir.clone()];
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                if let Err(e) = std::fs::create_dir_all(&d) {
+                    tracing::warn!(dir = %d.display(), "cannot create pipeline target: {e}");
+                }
+            }
+        })
+        .await;
+    }
+
+    let process_notify = Arc::new(Notify::new());
+    let forward_notify = Arc::new(Notify::new());
+    let root = spool.root().to_path_buf();
+    let mk = |kind, state: &'static str, workers: usize, notify, next| {
+        Arc::new(Stage {
+            kind,
+            state,
+            dir: root.join(state),
+            sem: Arc::new(Semaphore::new(workers.max(1))),
+            inflight: Mutex::new(HashSet::new()),
+            notify,
+            next,
+            outages: AtomicU32::new(0),
+            pause_until_ms: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+        })
+    };
+    let (after_archive, process_workers) = match &cfg.process {
+        Some(p) => (process_notify.clone(), p.concurrency),
+        None => (forward_notify.clone(), cfg.pipeline.archive_workers),
+    };
+    let stages = [
+        mk(
+            Kind::Archive,
+            READY,
+            cfg.pipeline.archive_workers,
+            spool.wake(),
+            Some(after_archive),
+        ),
+        mk(
+            Kind::Process,
+            ARCHIVED,
+            process_workers,
+            process_notify,
+            Some(forward_notify.clone()),
+        ),
+        mk(
+            Kind::Forward,
+            PROCESSED,
+            cfg.pipeline.forward_workers,
+            forward_notify,
+            None,
+        ),
+    ];
+    let sh = Arc::new(Shared {
+        cfg,
+        spool,
+        stop: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+    });
+    tracing::info!("pipeline started");
+    let scanners: Vec<_> = stages
+        .iter()
+        .map(|st| tokio::spawn(stage_loop(sh.clone(), st.clone())))
+        .collect();
+
+    let mut sd = shutdown;
+    let _ = sd.wait_for(|v| *v).await;
+    sh.stop.store(true, Ordering::SeqCst);
+    for st in &stages {
+        st.sem.close();
+    }
+    for s in scanners {
+        let _ = s.await;
+    }
+    while stages.iter().any(|s| s.active.load(Ordering::SeqCst) > 0) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("pipeline stopped");
+}
+
+async fn stage_loop(sh: Arc<Shared>, st: Arc<Stage>) {
+    let mut shutdown = sh.shutdown.clone();
+    let rescan = sh.cfg.pipeline.rescan_interval.0;
+    loop {
+        if *shutdown.borrow() || sh.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = state::now_ms();
+        let pause = st.pause_until_ms.load(Ordering::SeqCst);
+        let wake_at = if pause > now {
+            Some(pause)
+        } else {
+            let (sh2, st2) = (sh.clone(), st.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || scan_pass(&sh2, &st2, &handle))
+                .await
+                .unwrap_or(None)
+        };
+        let now = state::now_ms();
+        let mut sleep = rescan;
+        if let Some(t) = wake_at {
+            sleep = sleep.min(Duration::from_millis(t.saturating_sub(now)));
+        }
+        tokio::select! {
+            _ = st.notify.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// One pass over the stage's directory: hand every due entry that is not in flight
+/// to a task (waiting for a free worker). Returns the earliest future time at which
+/// a skipped entry falls due (or the outage pause ends).
+fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle) -> Option<u64> {
+    let rd = match std::fs::read_dir(&st.dir) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(dir = %st.dir.display(), "cannot list spool directory: {e}");
+            return None;
+        }
+    };
+    let mut earliest: Option<u64> = None;
+    let mut note = |t: u64| earliest = Some(earliest.map_or(t, |e: u64| e.min(t)));
+    for e in rd {
+        if sh.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(e) = e else { continue };
+        let Ok(id) = e.file_name().into_string() else {
+            continue;
+        };
+        if id.starts_with('.') || st.inflight.lock().unwrap().contains(&id) {
+            continue;
+        }
+        let now = state::now_ms();
+        let pause = st.pause_until_ms.load(Ordering::SeqCst);
+        if pause > now {
+            note(pause);
+            break;
+        }
+        match state::load(&e.path()) {
+            Ok(Some(s)) if s.next_try_ms > now => {
+                note(s.next_try_ms);
+                continue;
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                tracing::warn!(
+                    id,
+                    "unreadable state.json ({err}); treating the entry as due"
+                )
+            }
+        }
+        let permit = match handle.block_on(st.sem.clone().acquire_owned()) {
+            Ok(p) => p,
+            Err(_) => break, // closed: shutting down
+        };
+        if sh.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if !st.inflight.lock().unwrap().insert(id.clone()) {
+            continue;
+        }
+        st.active.fetch_add(1, Ordering::SeqCst);
+        handle.spawn(run_one(sh.clone(), st.clone(), id, permit));
+    }
+    earliest
+}
+
+async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemaphorePermit) {
+    let root = sh.spool.root().to_path_buf();
+    let res = match st.kind {
+        Kind::Archive => {
+            let (cfg, root, id) = (sh.cfg.clone(), root.clone(), id.clone());
+            let to = if cfg.process.is_some() {
+                ARCHIVED
+            } else {
+                PROCESSED
+            };
+            spawn_step(move || archive::archive(&cfg, &root, &id, to)).await
+        }
+        Kind::Process => match &sh.cfg.process {
+            Some(pc) => process::process(pc, &root, &id, sh.shutdown.clone()).await,
+            None => {
+                let (root, id) = (root.clone(), id.clone());
+                spawn_step(move || process::identity(&root, &id)).await
+            }
+        },
+        Kind::Forward => {
+            let (cfg, root, id) = (sh.cfg.clone(), root.clone(), id.clone());
+            spawn_step(move || forward::forward(&cfg, &root, &id)).await
+        }
+    };
+    let step = st.kind.step();
+    match res {
+        Ok(()) => {
+            tracing::debug!(id, step, "step done");
+            if st.outages.swap(0, Ordering::SeqCst) > 0 {
+                tracing::info!(step, "target available again");
+            }
+            if let Some(n) = &st.next {
+                n.notify_one();
+            }
+        }
+        Err(StepError::Gone) | Err(StepError::Interrupted) => {}
+        Err(StepError::Outage(msg)) => {
+            let now = state::now_ms();
+            if st.pause_until_ms.load(Ordering::SeqCst) <= now {
+                let n = st.outages.fetch_add(1, Ordering::SeqCst) + 1;
+                let r = &sh.cfg.retry;
+                let cap = r.max_backoff.0.min(sh.cfg.pipeline.rescan_interval.0);
+                let d = state::backoff(n, r.initial_backoff.0.min(cap), cap);
+                st.pause_until_ms
+                    .fetch_max(now + d.as_millis() as u64, Ordering::SeqCst);
+                tracing::warn!(
+                    id,
+                    step,
+                    "target unavailable, {step} paused for {} (not counted as an attempt): {msg}",
+                    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+                );
+            }
+        }
+        Err(StepError::Failed(f)) => {
+            let attempt = Attempt {
+                step: step.to_string(),
+                at: state::rfc3339_now(),
+                reason: f.reason.clone(),
+                exit_code: f.exit_code,
+                stderr_tail: f.stderr_tail,
+            };
+            let (retry, root2, id2, dir) =
+                (sh.cfg.retry.clone(), root.clone(), id.clone(), st.state);
+            let r = tokio::task::spawn_blocking(move || {
+                state::record_failure(&root2, dir, &id2, attempt, &retry)
+            })
+            .await;
+            match r {
+                Ok(Ok(state::AfterFailure::Retry {
+                    attempts,
+                    next_try_ms,
+                })) => tracing::warn!(
+                    id,
+                    step,
+                    attempts,
+                    "attempt failed: {}; retry in {}",
+                    f.reason,
+                    humantime::format_duration(Duration::from_millis(
+                        next_try_ms.saturating_sub(state::now_ms())
+                    ))
+                ),
+                Ok(Ok(state::AfterFailure::Quarantined { attempts })) => tracing::error!(
+                    id,
+                    step,
+                    attempts,
+                    "attempt failed: {}; giving up, entry quarantined",
+                    f.reason
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(id, step, "cannot record failure ({}): {e}", f.reason)
+                }
+                Err(e) => tracing::error!(id, step, "cannot record failure: {e}"),
+            }
+            st.notify.notify_one();
+        }
+    }
+    st.inflight.lock().unwrap().remove(&id);
+    st.active.fetch_sub(1, Ordering::SeqCst);
+    drop(permit);
+}
+
+async fn spawn_step(
+    f: impl FnOnce() -> Result<(), StepError> + Send + 'static,
+) -> Result<(), StepError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StepError::failed(format!("internal error: {e}"))))
 }

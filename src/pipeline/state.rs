@@ -51,7 +51,9 @@ pub fn backoff_base(attempts: u32, initial: Duration, max: Duration) -> Duration
     if shift >= 32 {
         return max;
     }
-    initial.checked_mul(1u32 << shift).map_or(max, |d| d.min(max))
+    initial
+        .checked_mul(1u32 << shift)
+        .map_or(max, |d| d.min(max))
 }
 
 /// [`backoff_base`] with ±20% uniform jitter, never above `max`.
@@ -230,7 +232,10 @@ mod tests {
             let b = backoff_base(n, i, m);
             for _ in 0..50 {
                 let j = backoff(n, i, m);
-                assert!(j >= b.mul_f64(0.79) && j <= b.mul_f64(1.21) && j <= m, "{n} {j:?}");
+                assert!(
+                    j >= b.mul_f64(0.79) && j <= b.mul_f64(1.21) && j <= m,
+                    "{n} {j:?}"
+                );
             }
         }
         // jitter actually varies
@@ -270,7 +275,10 @@ mod tests {
         let st = load(&q).unwrap().unwrap();
         assert_eq!(st.quarantined_step.as_deref(), Some(STEP_PROCESS));
         assert_eq!(
-            st.history.iter().map(|a| a.reason.as_str()).collect::<Vec<_>>(),
+            st.history
+                .iter()
+                .map(|a| a.reason.as_str())
+                .collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
 

@@ -1,0 +1,312 @@
+//! File-system helpers shared by the steps: durable verified copies, directory
+//! creation that survives a crash, and the classification of errors into
+//! "the target is unavailable" (an outage: retried, not counted) and
+//! "this entry failed" (counted towards quarantine).
+
+use crate::spool::fsync_dir;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Why a step did not complete.
+#[derive(Debug)]
+pub enum StepError {
+    /// The entry is no longer in the state directory this step works on
+    /// (a stale directory listing); nothing to do.
+    Gone,
+    /// The step's target (archive or forward directory, or the spool itself) is
+    /// unavailable: missing, read-only, full, I/O errors. Not the entry's fault:
+    /// the stage pauses and retries; the entry's attempt count is not touched.
+    Outage(String),
+    /// This attempt failed; counted towards `retry.max_attempts`.
+    Failed(Failure),
+    /// Stopped by shutdown; it will run again after restart (not counted).
+    Interrupted,
+}
+
+/// A counted failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub stderr_tail: Option<String>,
+}
+
+impl StepError {
+    pub fn failed(reason: impl Into<String>) -> StepError {
+        StepError::Failed(Failure {
+            reason: reason.into(),
+            exit_code: None,
+            stderr_tail: None,
+        })
+    }
+}
+
+/// Errno values that say "the storage is unavailable", not "this file is bad".
+fn is_outage_errno(code: i32) -> bool {
+    [
+        libc::ENOSPC,
+        libc::EDQUOT,
+        libc::EROFS,
+        libc::EIO,
+        libc::ESTALE,
+        libc::ENODEV,
+        libc::ENXIO,
+        libc::ETIMEDOUT,
+        libc::EHOSTDOWN,
+        libc::EHOSTUNREACH,
+        libc::ENOTCONN,
+        libc::EACCES,
+        libc::EPERM,
+        libc::ENOMEDIUM,
+        libc::ENOLINK,
+        libc::ESHUTDOWN,
+    ]
+    .contains(&code)
+}
+
+/// Classify an error that happened while writing under the target `root`.
+/// A vanished (or never-mounted) root is an outage; so are the errno values of
+/// [`is_outage_errno`]. Anything else is this entry's failure.
+pub fn target_error(what: &str, root: &Path, e: io::Error) -> StepError {
+    let msg = format!("{what}: {e}");
+    match e.raw_os_error() {
+        Some(c) if is_outage_errno(c) => StepError::Outage(msg),
+        Some(c) if (c == libc::ENOENT || c == libc::ENOTDIR) && !root.is_dir() => {
+            StepError::Outage(msg)
+        }
+        _ => StepError::failed(msg),
+    }
+}
+
+/// Classify an error on the spool side (reading the entry, writing scratch files).
+/// A missing entry directory means the entry moved on (`Gone`).
+pub fn spool_error(what: &str, entry: &Path, e: io::Error) -> StepError {
+    if e.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(entry).is_err() {
+        return StepError::Gone;
+    }
+    match e.raw_os_error() {
+        Some(c) if c == libc::ENOSPC || c == libc::EDQUOT || c == libc::EROFS => {
+            StepError::Outage(format!("spool: {what}: {e}"))
+        }
+        _ => StepError::failed(format!("{what}: {e}")),
+    }
+}
+
+/// Check that a target root is a usable directory; an outage otherwise.
+/// Roots are never created here (only at pipeline start): a missing mount must not
+/// be papered over by writing into the empty mount point's parent file system.
+pub fn check_root(what: &str, root: &Path) -> Result<(), StepError> {
+    match fs::metadata(root) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StepError::Outage(format!(
+            "{what} {} is not a directory",
+            root.display()
+        ))),
+        Err(e) => Err(StepError::Outage(format!(
+            "{what} {} is unavailable: {e}",
+            root.display()
+        ))),
+    }
+}
+
+/// Create `dir` (somewhere under the existing `root`) and every missing parent up
+/// to `root`; each new directory is made durable by fsyncing its parent.
+pub fn create_dirs_durable(root: &Path, dir: &Path) -> io::Result<()> {
+    let rel = dir
+        .strip_prefix(root)
+        .map_err(|_| io::Error::other("directory outside its root"))?;
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        let next = cur.join(c);
+        match fs::create_dir(&next) {
+            Ok(()) => fsync_dir(&cur)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        cur = next;
+    }
+    Ok(())
+}
+
+/// BLAKE3 of a file, lowercase hex, and its length.
+pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let f = File::open(path)?;
+    hash_reader(f)
+}
+
+pub fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finalize().to_hex().to_string(), n))
+}
+
+/// Which side of a copy an error came from.
+#[derive(Debug)]
+pub enum CopyError {
+    Source(io::Error),
+    Target(io::Error),
+    /// The copy does not match the expected BLAKE3/size.
+    Mismatch(String),
+}
+
+/// Copy `src` to `tmp` (created or truncated; kernel copy via `copy_file_range`),
+/// fsync it, read it back and compare with `expect` (BLAKE3 hex, size) if given,
+/// optionally set its mtime; then rename it to `dst`. The caller fsyncs `dst`'s
+/// directory (one fsync can cover several renames). On error `tmp` is removed.
+pub fn copy_verified(
+    src: &Path,
+    tmp: &Path,
+    dst: &Path,
+    expect: Option<(&str, u64)>,
+    mtime: Option<i64>,
+) -> Result<(), CopyError> {
+    let r = copy_verified_inner(src, tmp, dst, expect, mtime);
+    if r.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    r
+}
+
+fn copy_verified_inner(
+    src: &Path,
+    tmp: &Path,
+    dst: &Path,
+    expect: Option<(&str, u64)>,
+    mtime: Option<i64>,
+) -> Result<(), CopyError> {
+    let mut input = File::open(src).map_err(CopyError::Source)?;
+    let mut out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .map_err(CopyError::Target)?;
+    // std specialises File→File copies to copy_file_range (or sendfile/splice).
+    io::copy(&mut input, &mut out).map_err(|e| {
+        // copy_file_range reports errors of either side; ask the source whether it is fine
+        match input.metadata() {
+            Ok(_) => CopyError::Target(e),
+            Err(se) => CopyError::Source(se),
+        }
+    })?;
+    if let Some(m) = mtime {
+        let ts = nix::sys::time::TimeSpec::new(m, 0);
+        let _ = nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&out), &ts, &ts);
+    }
+    out.sync_all().map_err(CopyError::Target)?;
+    if let Some((hash, size)) = expect {
+        use std::io::Seek;
+        out.seek(io::SeekFrom::Start(0))
+            .map_err(CopyError::Target)?;
+        let (got, n) = hash_reader(&mut out).map_err(CopyError::Target)?;
+        if n != size || got != hash {
+            return Err(CopyError::Mismatch(format!(
+                "copy verification failed: {} has {n} bytes, BLAKE3 {got}; expected {size} bytes, BLAKE3 {hash}",
+                tmp.display()
+            )));
+        }
+    }
+    drop(out);
+    fs::rename(tmp, dst).map_err(CopyError::Target)
+}
+
+/// Remove a directory tree durably enough for a crash never to leave it half-removed
+/// under `state_dir`: rename it to `scratch` (in the spool's `work/`, which is swept
+/// at start-up), fsync `state_dir`, then remove it.
+pub fn remove_entry(entry: &Path, state_dir: &Path, scratch: &Path) -> io::Result<()> {
+    fs::rename(entry, scratch)?;
+    fsync_dir(state_dir)?;
+    fs::remove_dir_all(scratch)
+}
+
+/// A short random hex nonce for scratch names.
+pub fn nonce() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_verify_and_mismatch() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::write(&src, b"hello").unwrap();
+        let h = blake3::hash(b"hello").to_hex().to_string();
+        let tmp = t.path().join(".tmp");
+        let dst = t.path().join("dst");
+        copy_verified(&src, &tmp, &dst, Some((&h, 5)), Some(1_600_000_000)).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"hello");
+        assert!(!tmp.exists());
+        let m = fs::metadata(&dst).unwrap();
+        assert_eq!(
+            m.modified().unwrap(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)
+        );
+        let r = copy_verified(&src, &tmp, &t.path().join("d2"), Some((&h, 6)), None);
+        assert!(matches!(r, Err(CopyError::Mismatch(_))), "{r:?}");
+        assert!(!tmp.exists() && !t.path().join("d2").exists());
+        let r = copy_verified(&t.path().join("none"), &tmp, &dst, None, None);
+        assert!(matches!(r, Err(CopyError::Source(_))));
+        assert_eq!(hash_file(&dst).unwrap(), (h, 5));
+    }
+
+    #[test]
+    fn durable_dirs_and_classification() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        create_dirs_durable(&root, &root.join("a/b/c")).unwrap();
+        create_dirs_durable(&root, &root.join("a/b/c")).unwrap();
+        assert!(root.join("a/b/c").is_dir());
+        assert!(check_root("archive", &root).is_ok());
+
+        // a root whose parent is a regular file: an outage
+        let blocker = t.path().join("blocker");
+        fs::write(&blocker, b"").unwrap();
+        let bad = blocker.join("archive");
+        assert!(matches!(
+            check_root("archive", &bad),
+            Err(StepError::Outage(_))
+        ));
+        let e = fs::create_dir(bad.join("x")).unwrap_err();
+        assert!(matches!(
+            target_error("mkdir", &bad, e),
+            StepError::Outage(_)
+        ));
+        // ENOTDIR inside a healthy root is the entry's problem
+        fs::write(root.join("f"), b"").unwrap();
+        let e = fs::create_dir(root.join("f/x")).unwrap_err();
+        assert!(matches!(
+            target_error("mkdir", &root, e),
+            StepError::Failed(_)
+        ));
+        let e = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(target_error("w", &root, e), StepError::Outage(_)));
+        let e = io::Error::from_raw_os_error(libc::ENAMETOOLONG);
+        assert!(matches!(target_error("w", &root, e), StepError::Failed(_)));
+        // spool side: entry vanished → Gone
+        let e = io::Error::from_raw_os_error(libc::ENOENT);
+        assert!(matches!(
+            spool_error("read", &root.join("gone"), e),
+            StepError::Gone
+        ));
+    }
+}

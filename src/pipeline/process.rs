@@ -1,0 +1,530 @@
+//! Step 2: run `process.command` for an archived entry and keep its products.
+//!
+//! The command runs without a shell, in its own process group, with stdin and
+//! stdout on /dev/null and stderr captured (the last [`STDERR_TAIL`] bytes are kept
+//! with a failed attempt). Environment (added to the daemon's own):
+//!
+//! | variable            | value                                                           |
+//! |---------------------|-----------------------------------------------------------------|
+//! | `INGEST_INPUT`      | the landed file in the spool (`archived/<id>/data`); read only  |
+//! | `INGEST_OUTPUT_DIR` | an empty directory; every file written there is a product       |
+//! | `INGEST_NAME`       | sender-given relative path (`a/b.csv`)                          |
+//! | `INGEST_USER`       | sender login (or the inbox user)                                |
+//! | `INGEST_ID`         | entry id, unique across the pool                                |
+//! | `INGEST_BLAKE3`     | BLAKE3 of the input, lowercase hex                              |
+//! | `INGEST_SIZE`       | input size in bytes                                             |
+//! | `INGEST_NODE`       | node id that landed the file                                    |
+//! | `INGEST_ATTEMPT`    | 1 for the first attempt of this step, 2 for the first retry...  |
+//!
+//! Exit status 0 is success; anything else, death by a signal, or running past
+//! `process.timeout` (the whole process group is then killed with SIGKILL) is a
+//! failed attempt. After the command exits its process group is killed too, so a
+//! straggler cannot write into the products after they were made durable.
+//!
+//! On success the products are hashed and fsynced, their manifest is written to
+//! `products.json` in the entry, the output directory is renamed to `<entry>/out`,
+//! and the entry is renamed `archived/<id>` → `processed/<id>`.
+
+use super::fsx::{self, Failure, StepError};
+use super::state;
+use crate::config::ProcessConfig;
+use crate::record::Record;
+use crate::spool::{fsync_dir, read_record, write_atomic, ARCHIVED, DATA, PROCESSED, WORK};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+/// Bytes of stderr kept with a failed attempt.
+pub const STDERR_TAIL: usize = 4096;
+/// Manifest of products beside `out/`.
+pub const PRODUCTS: &str = "products.json";
+pub const OUT: &str = "out";
+
+/// One product of the process step (a regular file under `out/`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Product {
+    /// Relative path under `out/`, '/'-separated.
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// Entry without a process command: the landed file is the product.
+pub fn identity(spool_root: &Path, id: &str) -> Result<(), StepError> {
+    let entry = spool_root.join(ARCHIVED).join(id);
+    fs::symlink_metadata(&entry).map_err(|e| fsx::spool_error("entry", &entry, e))?;
+    move_on(spool_root, &entry, id)
+}
+
+fn move_on(spool_root: &Path, entry: &Path, id: &str) -> Result<(), StepError> {
+    state::reset_after_success(entry).map_err(|e| fsx::spool_error("state", entry, e))?;
+    let to = spool_root.join(PROCESSED);
+    fs::rename(entry, to.join(id)).map_err(|e| fsx::spool_error("moving entry", entry, e))?;
+    fsync_dir(&to).map_err(|e| fsx::spool_error("syncing spool", &to, e))?;
+    Ok(())
+}
+
+/// Run the command for `archived/<id>`; on success move the entry to `processed/`.
+pub async fn process(
+    pc: &ProcessConfig,
+    spool_root: &Path,
+    id: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StepError> {
+    let entry = spool_root.join(ARCHIVED).join(id);
+    let (rec, attempt, outdir) = {
+        let entry = entry.clone();
+        let work = spool_root.join(WORK);
+        let id = id.to_string();
+        blocking(move || prepare(&entry, &work, &id)).await?
+    };
+    let res = run_command(pc, &entry.join(DATA), &outdir, &rec, attempt, &mut shutdown).await;
+    let res = match res {
+        Ok(()) => {
+            let (root, entry, outdir, id) = (
+                spool_root.to_path_buf(),
+                entry.clone(),
+                outdir.clone(),
+                id.to_string(),
+            );
+            blocking(move || finish(&root, &entry, &outdir, &id)).await
+        }
+        Err(e) => Err(e),
+    };
+    if res.is_err() {
+        let o = outdir.clone();
+        let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(o)).await;
+    }
+    res
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StepError::failed(format!("internal error: {e}"))))
+}
+
+/// Read the record, pick the attempt number, create a fresh output directory
+/// `work/<id>.<attempt>-<nonce>` (the nonce keeps a command orphaned by a crashed
+/// daemon from writing into a later attempt's directory).
+fn prepare(entry: &Path, work: &Path, id: &str) -> Result<(Record, u32, PathBuf), StepError> {
+    let rec = read_record(entry).map_err(|e| fsx::spool_error("reading record", entry, e))?;
+    let attempts = match state::load(entry) {
+        Ok(s) => s.map(|s| s.attempts).unwrap_or(0),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => 0,
+        Err(e) => return Err(fsx::spool_error("reading state", entry, e)),
+    };
+    let attempt = attempts + 1;
+    let data = entry.join(DATA);
+    // The command must treat its input as read only.
+    let _ = fs::set_permissions(&data, fs::Permissions::from_mode(0o400));
+    let outdir = work.join(format!("{id}.{attempt}-{}", fsx::nonce()));
+    fs::create_dir(&outdir).map_err(|e| fsx::spool_error("creating output dir", entry, e))?;
+    Ok((rec, attempt, outdir))
+}
+
+/// Spawn the command and wait for it (or the timeout, or shutdown).
+pub async fn run_command(
+    pc: &ProcessConfig,
+    input: &Path,
+    outdir: &Path,
+    rec: &Record,
+    attempt: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), StepError> {
+    let mut cmd = tokio::process::Command::new(&pc.command[0]);
+    cmd.args(&pc.command[1..])
+        .env("INGEST_INPUT", input)
+        .env("INGEST_OUTPUT_DIR", outdir)
+        .env("INGEST_NAME", &rec.path)
+        .env("INGEST_USER", &rec.user)
+        .env("INGEST_ID", &rec.id)
+        .env("INGEST_BLAKE3", &rec.blake3)
+        .env("INGEST_SIZE", rec.size.to_string())
+        .env("INGEST_NODE", &rec.node)
+        .env("INGEST_ATTEMPT", attempt.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| StepError::failed(format!("cannot start {:?}: {e}", pc.command[0])))?;
+    let pgid = child.id().map(|p| p as i32);
+    let mut stderr = child.stderr.take();
+    let reader = tokio::spawn(async move {
+        let mut tail: Vec<u8> = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let mut buf = [0u8; 8192];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        tail.extend_from_slice(&buf[..n]);
+                        if tail.len() > 2 * STDERR_TAIL {
+                            tail.drain(..tail.len() - STDERR_TAIL);
+                        }
+                    }
+                }
+            }
+        }
+        if tail.len() > STDERR_TAIL {
+            tail.drain(..tail.len() - STDERR_TAIL);
+        }
+        tail
+    });
+
+    let timeout = pc.timeout.0;
+    enum End {
+        Exited(std::process::ExitStatus),
+        WaitError(io::Error),
+        Timeout,
+        Shutdown,
+    }
+    let end = tokio::select! {
+        r = child.wait() => match r { Ok(s) => End::Exited(s), Err(e) => End::WaitError(e) },
+        _ = tokio::time::sleep(timeout) => End::Timeout,
+        _ = shutdown.wait_for(|v| *v) => End::Shutdown,
+    };
+    // Whatever happened, nothing of the group may outlive the attempt.
+    if let Some(pg) = pgid {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pg),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if !matches!(end, End::Exited(_)) {
+        let _ = child.wait().await;
+    }
+    let tail = match tokio::time::timeout(Duration::from_secs(2), reader).await {
+        Ok(Ok(t)) => t,
+        _ => Vec::new(),
+    };
+    let tail_s = tail_string(&tail);
+    let fail = |reason: String, code: Option<i32>| {
+        StepError::Failed(Failure {
+            reason,
+            exit_code: code,
+            stderr_tail: tail_s.clone(),
+        })
+    };
+    match end {
+        End::Exited(s) if s.success() => Ok(()),
+        End::Exited(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (s.code(), s.signal()) {
+                (Some(c), _) => Err(fail(format!("exit status {c}"), Some(c))),
+                (None, Some(sig)) => {
+                    let name = nix::sys::signal::Signal::try_from(sig)
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|_| sig.to_string());
+                    Err(fail(format!("killed by signal {sig} ({name})"), None))
+                }
+                _ => Err(fail(format!("ended abnormally: {s}"), None)),
+            }
+        }
+        End::WaitError(e) => Err(fail(format!("waiting for the command: {e}"), None)),
+        End::Timeout => Err(fail(
+            format!(
+                "killed after timeout {}",
+                humantime::format_duration(timeout)
+            ),
+            None,
+        )),
+        End::Shutdown => Err(StepError::Interrupted),
+    }
+}
+
+fn tail_string(b: &[u8]) -> Option<String> {
+    if b.is_empty() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(b);
+    // drop a partial first character left by the byte cut
+    Some(s.trim_start_matches('\u{FFFD}').to_string())
+}
+
+/// Make the products durable, record them, put them into the entry and move it on.
+fn finish(spool_root: &Path, entry: &Path, outdir: &Path, id: &str) -> Result<(), StepError> {
+    let mut products = Vec::new();
+    collect_products(outdir, outdir, &mut products)?;
+    products.sort_by(|a, b| a.path.cmp(&b.path));
+    // Forward names must be distinct (they are flattened).
+    let mut names = HashSet::new();
+    for p in &products {
+        if !names.insert(super::forward::forward_name(id, &p.path)) {
+            return Err(StepError::failed(format!(
+                "two products map to the same forward name: {:?}",
+                p.path
+            )));
+        }
+    }
+    let json =
+        serde_json::to_vec_pretty(&products).map_err(|e| StepError::failed(e.to_string()))?;
+    write_atomic(&entry.join(PRODUCTS), &json)
+        .map_err(|e| fsx::spool_error("writing products.json", entry, e))?;
+    let out = entry.join(OUT);
+    if fs::symlink_metadata(&out).is_ok() {
+        // left by an attempt interrupted after this point
+        let stale = spool_root
+            .join(WORK)
+            .join(format!("{id}.stale-{}", fsx::nonce()));
+        fs::rename(&out, &stale).map_err(|e| fsx::spool_error("removing stale out", entry, e))?;
+        let _ = fs::remove_dir_all(&stale);
+    }
+    fs::rename(outdir, &out).map_err(|e| fsx::spool_error("moving products", entry, e))?;
+    fsync_dir(entry).map_err(|e| fsx::spool_error("syncing entry", entry, e))?;
+    move_on(spool_root, entry, id)
+}
+
+/// Walk the output directory: hash + fsync every regular file, fsync every directory.
+/// Anything else (symlink, fifo, device) fails the attempt.
+fn collect_products(base: &Path, dir: &Path, out: &mut Vec<Product>) -> Result<(), StepError> {
+    let err =
+        |e: io::Error| StepError::failed(format!("reading products in {}: {e}", dir.display()));
+    for e in fs::read_dir(dir).map_err(err)? {
+        let e = e.map_err(err)?;
+        let p = e.path();
+        let ft = e.file_type().map_err(err)?;
+        let rel = p
+            .strip_prefix(base)
+            .ok()
+            .and_then(|r| r.to_str())
+            .ok_or_else(|| StepError::failed(format!("product name {p:?} is not UTF-8")))?
+            .to_string();
+        if ft.is_dir() {
+            collect_products(base, &p, out)?;
+        } else if ft.is_file() {
+            let f = fs::File::open(&p).map_err(err)?;
+            let (blake3, size) = fsx::hash_reader(&f).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            out.push(Product {
+                path: rel,
+                size,
+                blake3,
+            });
+        } else {
+            return Err(StepError::failed(format!(
+                "product {rel:?} is not a regular file or directory"
+            )));
+        }
+    }
+    fsync_dir(dir).map_err(err)
+}
+
+/// The products of a processed entry: `products.json` if present, else a listing of
+/// `out/` (without hashes).
+pub fn load_products(entry: &Path) -> io::Result<Vec<Product>> {
+    match fs::read(entry.join(PRODUCTS)) {
+        Ok(t) => {
+            serde_json::from_slice(&t).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut v = Vec::new();
+            list_out(&entry.join(OUT), &entry.join(OUT), &mut v)?;
+            v.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(v)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn list_out(base: &Path, dir: &Path, v: &mut Vec<Product>) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            list_out(base, &p, v)?;
+        } else if let Some(rel) = p.strip_prefix(base).ok().and_then(|r| r.to_str()) {
+            v.push(Product {
+                path: rel.to_string(),
+                size: e.metadata()?.len(),
+                blake3: String::new(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::HumanDuration;
+    use std::time::Instant;
+
+    fn rec() -> Record {
+        Record {
+            id: "n1-01JABCDEFGHJKMNPQRSTVWXYZ0".into(),
+            node: "n1".into(),
+            user: "alice".into(),
+            path: "d/in.txt".into(),
+            size: 5,
+            mode: 0o644,
+            mtime: None,
+            atime: None,
+            blake3: "abc".into(),
+            remote_addr: "x".into(),
+            received_at: "2024-05-06T07:08:09.123Z".into(),
+            protocol: "scp".into(),
+        }
+    }
+
+    fn pc(script: &str, timeout: Duration) -> ProcessConfig {
+        ProcessConfig {
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: HumanDuration(timeout),
+            concurrency: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn env_contract_and_products() {
+        let t = tempfile::tempdir().unwrap();
+        let input = t.path().join("in");
+        fs::write(&input, b"hello").unwrap();
+        let out = t.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let (_tx, mut rx) = watch::channel(false);
+        let p = pc(
+            r#"set -e; env | grep '^INGEST_' | sort > "$INGEST_OUTPUT_DIR/env"; mkdir "$INGEST_OUTPUT_DIR/sub"; cat "$INGEST_INPUT" > "$INGEST_OUTPUT_DIR/sub/copy""#,
+            Duration::from_secs(10),
+        );
+        run_command(&p, &input, &out, &rec(), 2, &mut rx)
+            .await
+            .unwrap();
+        let env = fs::read_to_string(out.join("env")).unwrap();
+        for want in [
+            format!("INGEST_INPUT={}", input.display()),
+            format!("INGEST_OUTPUT_DIR={}", out.display()),
+            "INGEST_NAME=d/in.txt".into(),
+            "INGEST_USER=alice".into(),
+            "INGEST_ID=n1-01JABCDEFGHJKMNPQRSTVWXYZ0".into(),
+            "INGEST_BLAKE3=abc".into(),
+            "INGEST_SIZE=5".into(),
+            "INGEST_NODE=n1".into(),
+            "INGEST_ATTEMPT=2".into(),
+        ] {
+            assert!(env.lines().any(|l| l == want), "{want} not in {env}");
+        }
+        let mut v = Vec::new();
+        collect_products(&out, &out, &mut v).unwrap();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(v[1].path, "sub/copy");
+        assert_eq!(v[1].blake3, blake3::hash(b"hello").to_hex().to_string());
+    }
+
+    #[tokio::test]
+    async fn failure_keeps_exit_code_and_stderr_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let (_tx, mut rx) = watch::channel(false);
+        let p = pc(
+            "i=0; while [ $i -lt 2000 ]; do echo line $i >&2; i=$((i+1)); done; echo LAST >&2; exit 3",
+            Duration::from_secs(10),
+        );
+        let e = run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx)
+            .await
+            .unwrap_err();
+        match e {
+            StepError::Failed(f) => {
+                assert_eq!(f.exit_code, Some(3));
+                assert_eq!(f.reason, "exit status 3");
+                let tail = f.stderr_tail.unwrap();
+                assert!(tail.len() <= STDERR_TAIL);
+                assert!(tail.ends_with("LAST\n"), "{tail}");
+                assert!(!tail.contains("line 1\n"));
+            }
+            e => panic!("{e:?}"),
+        }
+        let p = pc("kill -TERM $$", Duration::from_secs(10));
+        match run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx).await {
+            Err(StepError::Failed(f)) => assert!(f.reason.contains("SIGTERM"), "{f:?}"),
+            e => panic!("{e:?}"),
+        }
+        let p = ProcessConfig {
+            command: vec!["/nonexistent/cmd".into()],
+            ..pc("", Duration::from_secs(1))
+        };
+        assert!(matches!(
+            run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx).await,
+            Err(StepError::Failed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let t = tempfile::tempdir().unwrap();
+        let pidfile = t.path().join("pid");
+        let (_tx, mut rx) = watch::channel(false);
+        // a grandchild that would outlive a plain kill of the direct child
+        let p = pc(
+            &format!(
+                "sleep 30 & echo $! > {}; echo started >&2; wait",
+                pidfile.display()
+            ),
+            Duration::from_millis(300),
+        );
+        let t0 = Instant::now();
+        let e = run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx)
+            .await
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        match e {
+            StepError::Failed(f) => {
+                assert!(f.reason.starts_with("killed after timeout"), "{f:?}");
+                assert_eq!(f.stderr_tail.as_deref(), Some("started\n"));
+            }
+            e => panic!("{e:?}"),
+        }
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // reaped by init or a zombie at most: check it is not running
+        std::thread::sleep(Duration::from_millis(100));
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "grandchild alive: {stat}"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_interrupts() {
+        let t = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = watch::channel(false);
+        let p = pc("sleep 30", Duration::from_secs(60));
+        let h = tokio::spawn({
+            let path = t.path().to_path_buf();
+            async move { run_command(&p, &path, &path, &rec(), 1, &mut rx).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r, Err(StepError::Interrupted)));
+    }
+
+    #[test]
+    fn non_regular_products_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("link")).unwrap();
+        let mut v = Vec::new();
+        assert!(matches!(
+            collect_products(t.path(), t.path(), &mut v),
+            Err(StepError::Failed(_))
+        ));
+    }
+}
