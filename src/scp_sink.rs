@@ -200,7 +200,8 @@ impl Sink {
                     || t.ends_with('/')
                     || t == "."
                     || t.ends_with("/.")
-                    || self.args.target_should_be_dir;
+                    || self.args.target_should_be_dir
+                    || self.shared.vfs.lookup(&self.user, &r) == Some(crate::vfs::Node::Dir);
                 self.target = r;
             }
             Err(e) => return self.fatal(&format!("{t}: {e}")).await,
@@ -321,7 +322,7 @@ impl Sink {
                 return None;
             }
         }
-        match w.complete().await {
+        match w.complete(Default::default()).await {
             Ok(staged) => {
                 self.staged_bytes += staged.record.size;
                 self.staged.push(staged);
@@ -358,6 +359,7 @@ impl Sink {
         .map_err(std::io::Error::other)??;
         for (r, started) in records.0.iter().zip(records.1) {
             crate::server::log_landed(r, started);
+            self.shared.vfs.landed(r);
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ pub struct Shared {
     pub spool: Arc<Spool>,
     /// Open SSH connections.
     pub connections: AtomicUsize,
+    /// Each sender's view of what they uploaded recently.
+    pub vfs: crate::vfs::Vfs,
     authorized_keys: Vec<String>,
 }
 
@@ -36,6 +38,7 @@ impl Shared {
     pub fn new(cfg: Arc<Config>, spool: Arc<Spool>) -> Arc<Shared> {
         Arc::new(Shared {
             authorized_keys: cfg.ssh.authorized_keys.to_vec(),
+            vfs: crate::vfs::Vfs::new(cfg.sftp.visible_for.0),
             cfg,
             spool,
             connections: AtomicUsize::new(0),
@@ -369,8 +372,18 @@ impl Handler for Conn {
             return self.refuse(channel, session, &m);
         }
         if name == "sftp" {
-            let m = "ingestd: sftp is not available yet".to_string();
-            return self.refuse(channel, session, &m);
+            let Some(ch) = self.channels.remove(&channel) else {
+                session.channel_failure(channel)?;
+                return Ok(());
+            };
+            session.channel_success(channel)?;
+            tokio::spawn(crate::sftp::run(
+                ch,
+                self.shared.clone(),
+                self.user.clone(),
+                self.peer,
+            ));
+            return Ok(());
         }
         self.refuse(
             channel,

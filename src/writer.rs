@@ -12,7 +12,17 @@ use tokio::sync::{mpsc, oneshot};
 enum Cmd {
     Write(u64, Bytes),
     SetLen(u64),
-    Complete(oneshot::Sender<io::Result<Staged>>),
+    Complete(Finish, oneshot::Sender<io::Result<Staged>>),
+}
+
+/// What the protocol learned after the file was begun (SFTP: FSETSTAT, a rename
+/// from a temporary name); `None` keeps what [`FileWriter::start`] was given.
+#[derive(Clone, Debug, Default)]
+pub struct Finish {
+    pub path: Option<String>,
+    pub mode: Option<u32>,
+    pub mtime: Option<i64>,
+    pub atime: Option<i64>,
 }
 
 pub struct FileWriter {
@@ -88,9 +98,9 @@ impl FileWriter {
 
     /// Wait for every queued write, hash, write the record: the file is staged for
     /// [`Spool::commit`].
-    pub async fn complete(self) -> io::Result<Staged> {
+    pub async fn complete(self, finish: Finish) -> io::Result<Staged> {
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Complete(tx)).await?;
+        self.send(Cmd::Complete(finish, tx)).await?;
         rx.await
             .map_err(|_| io::Error::other("writer thread ended"))?
     }
@@ -103,7 +113,13 @@ fn run(mut p: Partial, mut rx: mpsc::Receiver<Cmd>, error: Arc<Mutex<Option<Stri
             Cmd::Write(_, _) | Cmd::SetLen(_) if failed => Ok(()),
             Cmd::Write(off, data) => p.write_at(off, &data),
             Cmd::SetLen(len) => p.set_len(len),
-            Cmd::Complete(reply) => {
+            Cmd::Complete(f, reply) => {
+                if let Some(v) = f.path {
+                    p.info.path = v;
+                }
+                p.info.mode = f.mode.unwrap_or(p.info.mode);
+                p.info.mtime = f.mtime.or(p.info.mtime);
+                p.info.atime = f.atime.or(p.info.atime);
                 let r = match error.lock().unwrap().clone() {
                     Some(e) => Err(io::Error::other(e)),
                     None => p.complete(),
