@@ -375,3 +375,6 @@ async fn spawn_step(
         .await
         .unwrap_or_else(|e| Err(StepError::failed(format!("internal error: {e}"))))
 }
+
+#[cfg(test)]
+mod tests;
