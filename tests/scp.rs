@@ -760,3 +760,66 @@ fn sessions_over_max_sessions_are_refused() {
     assert_eq!(landed.len(), 1);
     assert_entry(&landed[0], &content, "second.bin");
 }
+
+#[test]
+fn landed_files_survive_kill9_and_partial_is_swept_on_restart() {
+    let mut node = held();
+    let f = node.src.join("kept.bin");
+    let content = random_file(&f, 3 << 20);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+
+    // An upload in flight when the daemon dies.
+    let mut s = node.ssh_spawn(USER, "scp -t .");
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0]),
+        "sink ready; stderr: {}",
+        s.stderr()
+    );
+    assert!(s.write(b"C0644 104857600 inflight.bin\n"));
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0])
+    );
+    let chunk = random_bytes(64 << 10, 9);
+    for _ in 0..32 {
+        assert!(s.write(&chunk), "ssh accepts data; stderr: {}", s.stderr());
+    }
+    let started = poll(Duration::from_secs(30), || {
+        (node.partial_bytes() > 0).then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the upload is being written to spool/partial"
+    );
+
+    node.kill9();
+    let st = s.wait_timeout(Duration::from_secs(20));
+    assert!(
+        matches!(st, Some(st) if !st.success()),
+        "the client sees the failure: {st:?}"
+    );
+    node.restart();
+    assert!(
+        node.partial_is_empty(),
+        "spool/partial is swept at start: {:?}",
+        node.partial_names()
+    );
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1, "only the acknowledged upload survives");
+    assert_entry(&landed[0], &content, "kept.bin");
+    assert_still_serves(&node);
+
+    let st = node.stop();
+    assert!(
+        st.success(),
+        "SIGTERM is a clean shutdown: {st:?}\n{}",
+        node.log()
+    );
+    node.restart();
+    assert_eq!(
+        node.landed().len(),
+        2,
+        "both uploads kept across a clean restart"
+    );
+}
