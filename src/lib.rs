@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod exec_cmd;
+pub mod health;
 pub mod hostkey;
 pub mod inbox;
 pub mod pipeline;

@@ -146,6 +146,12 @@ async fn run_node(cfg: Arc<Config>) -> Result<()> {
         .inbox
         .clone()
         .map(|i| tokio::spawn(inbox::run(i, spool.clone(), stop_rx.clone())));
+    if !cfg.health.listen.is_empty() {
+        let l = tokio::net::TcpListener::bind(&cfg.health.listen)
+            .await
+            .with_context(|| format!("health.listen: cannot listen on {}", cfg.health.listen))?;
+        tokio::spawn(ingestd::health::serve(l, shared.clone(), stop_rx.clone()));
+    }
     let ssh = tokio::spawn(server::serve(
         shared.clone(),
         russh_cfg,

@@ -358,8 +358,7 @@ impl Sink {
         .await
         .map_err(std::io::Error::other)??;
         for (r, started) in records.0.iter().zip(records.1) {
-            crate::server::log_landed(r, started);
-            self.shared.vfs.landed(r);
+            self.shared.landed(r, started);
         }
         Ok(())
     }

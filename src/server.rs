@@ -31,7 +31,15 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Each sender's view of what they uploaded recently.
     pub vfs: crate::vfs::Vfs,
+    pub metrics: Metrics,
     authorized_keys: Vec<String>,
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub landed_files: std::sync::atomic::AtomicU64,
+    pub landed_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -39,6 +47,7 @@ impl Shared {
         Arc::new(Shared {
             authorized_keys: cfg.ssh.authorized_keys.to_vec(),
             vfs: crate::vfs::Vfs::new(cfg.sftp.visible_for.0),
+            metrics: Metrics::default(),
             cfg,
             spool,
             connections: AtomicUsize::new(0),
@@ -402,8 +411,21 @@ impl Handler for Conn {
     }
 }
 
+impl Shared {
+    /// Everything that follows a successful landing: the log line, the metrics,
+    /// the sender's view.
+    pub fn landed(&self, r: &crate::record::Record, started: std::time::Instant) {
+        log_landed(r, started);
+        self.metrics.landed_files.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .landed_bytes
+            .fetch_add(r.size, Ordering::Relaxed);
+        self.vfs.landed(r);
+    }
+}
+
 /// The one structured log line per landed upload.
-pub fn log_landed(r: &crate::record::Record, started: std::time::Instant) {
+fn log_landed(r: &crate::record::Record, started: std::time::Instant) {
     let secs = started.elapsed().as_secs_f64();
     let mbps = if secs > 0.0 {
         r.size as f64 / 1e6 / secs

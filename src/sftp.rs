@@ -590,8 +590,7 @@ impl Sftp {
                 )
             })?
             .remove(0);
-        crate::server::log_landed(&rec, started);
-        self.shared.vfs.landed(&rec);
+        self.shared.landed(&rec, started);
         Ok(())
     }
 

@@ -1,0 +1,54 @@
+//! The HTTP health endpoint keepalived polls (`GET /health`: 200 while the node
+//! accepts uploads, 503 while it is stopping) and Prometheus metrics
+//! (`GET /metrics`). Deliberately tiny: one request per connection, no keep-alive.
+
+use crate::server::Shared;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (shared, stopping) = (shared.clone(), stopping.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = match path {
+                "/health" if *stopping.borrow() => {
+                    ("503 Service Unavailable", "stopping\n".to_string())
+                }
+                "/health" => ("200 OK", "ok\n".to_string()),
+                "/metrics" => ("200 OK", metrics(&shared)),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+fn metrics(s: &Shared) -> String {
+    let m = &s.metrics;
+    format!(
+        "# TYPE ingestd_ssh_connections gauge\ningestd_ssh_connections {}\n\
+         # TYPE ingestd_landed_files_total counter\ningestd_landed_files_total {}\n\
+         # TYPE ingestd_landed_bytes_total counter\ningestd_landed_bytes_total {}\n",
+        s.connections.load(Ordering::Relaxed),
+        m.landed_files.load(Ordering::Relaxed),
+        m.landed_bytes.load(Ordering::Relaxed),
+    )
+}
