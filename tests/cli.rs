@@ -228,6 +228,51 @@ fn relative_paths_resolve_against_the_config_directory() {
     );
 }
 
+/// The same through `status`, which reads the spool and names the resolved
+/// archive and forward targets.
+#[test]
+fn status_uses_paths_resolved_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let cwd = dir.path().join("cwd");
+    fs::create_dir_all(etc.join("data/spool")).unwrap();
+    fs::create_dir_all(&cwd).unwrap();
+    let path = etc.join("ingestd.toml");
+    fs::write(
+        &path,
+        "[spool]\ndir = \"data/spool\"\n[archive]\ndir = \"data/archive\"\n\
+         [forward]\ndir = \"data/outgoing\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&path)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ingestd status");
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for p in ["data/archive", "data/outgoing"] {
+        let resolved = etc.join(p);
+        assert!(
+            text.contains(resolved.to_str().unwrap()),
+            "status does not show {}\n{}",
+            resolved.display(),
+            show(&out)
+        );
+    }
+    let stray: Vec<_> = fs::read_dir(&cwd)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "files created in the working directory: {stray:?}"
+    );
+}
+
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
