@@ -40,6 +40,18 @@ struct Upload {
     writer: FileWriter,
     finish: Finish,
     next_space_check: u64,
+    /// A write or size change was refused: the upload can no longer land, and
+    /// CLOSE/RENAME answer with this reason (clients that ignore errors on
+    /// pipelined writes still learn it).
+    refused: Option<String>,
+}
+
+impl Upload {
+    /// Record a refusal and pass it on.
+    fn refuse<T>(&mut self, msg: String) -> Result<T, (StatusCode, String)> {
+        self.refused.get_or_insert_with(|| msg.clone());
+        err(StatusCode::Failure, msg)
+    }
 }
 
 enum Open {
@@ -405,10 +417,13 @@ impl Sftp {
         if !flags.contains(OpenFlags::WRITE) {
             return self.open_read(id, filename, &p).await;
         }
-        // Re-opening a parked temporary file continues it (resume).
+        // Re-opening a parked temporary file continues it (resume), unless TRUNC asks
+        // for a fresh one (the old upload is then discarded).
         if let Some(u) = self.parked.remove(&p) {
-            let h = self.new_handle(Open::Write(u))?;
-            return Ok(Packet::Handle(Handle { id, handle: h }));
+            if !flags.contains(OpenFlags::TRUNCATE) && u.refused.is_none() {
+                let h = self.new_handle(Open::Write(u))?;
+                return Ok(Packet::Handle(Handle { id, handle: h }));
+            }
         }
         let spool = self.shared.spool.clone();
         let want = attrs.size.unwrap_or(0);
@@ -439,6 +454,7 @@ impl Sftp {
             writer,
             finish: Finish::default(),
             next_space_check: SPACE_CHECK_EVERY,
+            refused: None,
         };
         let h = self.new_handle(Open::Write(u))?;
         Ok(Packet::Handle(Handle { id, handle: h }))
@@ -501,31 +517,20 @@ impl Sftp {
         let Some(Open::Write(u)) = self.handles.get_mut(handle) else {
             return err(StatusCode::Failure, "invalid handle (not open for writing)");
         };
+        if let Some(r) = &u.refused {
+            return err(StatusCode::Failure, r.clone());
+        }
         let end = offset.saturating_add(data.len() as u64);
-        if end > max {
-            return err(
-                StatusCode::Failure,
-                format!("ingestd: file too large: limit is {max} bytes"),
-            );
+        check_growth(u, end, max, spool).await?;
+        if let Err(e) = u.writer.write_at(offset, Bytes::from(data)).await {
+            return u.refuse(format!("ingestd: write failed: {e}"));
         }
-        if end >= u.next_space_check {
-            u.next_space_check = end + SPACE_CHECK_EVERY;
-            let grow = SPACE_CHECK_EVERY;
-            tokio::task::spawn_blocking(move || spool.admit(grow))
-                .await
-                .map_err(|e| (StatusCode::Failure, e.to_string()))?
-                .map_err(|r| (StatusCode::Failure, format!("ingestd: {r}")))?;
-        }
-        u.writer
-            .write_at(offset, Bytes::from(data))
-            .await
-            .map_err(|e| (StatusCode::Failure, format!("ingestd: write failed: {e}")))?;
         Ok(ok(id))
     }
 
     async fn setattr_handle(&mut self, id: u32, handle: &str, attrs: FileAttributes) -> Reply {
         match self.handles.get_mut(handle) {
-            Some(Open::Write(u)) => apply_attrs(u, attrs).await.map(|_| ok(id)),
+            Some(Open::Write(u)) => apply_attrs(u, attrs, &self.shared).await.map(|_| ok(id)),
             Some(_) => Ok(ok(id)),
             None => err(StatusCode::Failure, "invalid handle"),
         }
@@ -534,12 +539,12 @@ impl Sftp {
     async fn setstat(&mut self, id: u32, path: &str, attrs: FileAttributes) -> Reply {
         let p = self.resolve(path)?;
         if let Some(u) = self.parked.get_mut(&p) {
-            return apply_attrs(u, attrs).await.map(|_| ok(id));
+            return apply_attrs(u, attrs, &self.shared).await.map(|_| ok(id));
         }
         for o in self.handles.values_mut() {
             if let Open::Write(u) = o {
                 if u.path == p {
-                    return apply_attrs(u, attrs).await.map(|_| ok(id));
+                    return apply_attrs(u, attrs, &self.shared).await.map(|_| ok(id));
                 }
             }
         }
@@ -570,6 +575,12 @@ impl Sftp {
         u: Upload,
         final_path: Option<String>,
     ) -> Result<(), (StatusCode, String)> {
+        if let Some(r) = u.refused {
+            return err(
+                StatusCode::Failure,
+                format!("{r}; the upload was discarded"),
+            );
+        }
         let mut finish = u.finish;
         finish.path = final_path;
         let staged = u.writer.complete(finish).await.map_err(|e| {
@@ -668,12 +679,44 @@ impl Sftp {
     }
 }
 
-async fn apply_attrs(u: &mut Upload, a: FileAttributes) -> Result<(), (StatusCode, String)> {
-    if let Some(size) = a.size {
-        u.writer
-            .set_len(size)
+/// Refuse (stickily) growth of an upload to `end` bytes beyond `spool.max_file_size`,
+/// and re-check free space every `SPACE_CHECK_EVERY` bytes.
+async fn check_growth(
+    u: &mut Upload,
+    end: u64,
+    max: u64,
+    spool: Arc<crate::spool::Spool>,
+) -> Result<(), (StatusCode, String)> {
+    if end > max {
+        return u.refuse(format!("ingestd: file too large: limit is {max} bytes"));
+    }
+    if end >= u.next_space_check {
+        let grow = end.saturating_sub(u.writer.len()).max(SPACE_CHECK_EVERY);
+        u.next_space_check = end + SPACE_CHECK_EVERY;
+        let r = tokio::task::spawn_blocking(move || spool.admit(grow))
             .await
-            .map_err(|e| (StatusCode::Failure, format!("ingestd: {e}")))?;
+            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
+        if let Err(r) = r {
+            return u.refuse(format!("ingestd: {r}"));
+        }
+    }
+    Ok(())
+}
+
+async fn apply_attrs(
+    u: &mut Upload,
+    a: FileAttributes,
+    shared: &Shared,
+) -> Result<(), (StatusCode, String)> {
+    if let Some(r) = &u.refused {
+        return err(StatusCode::Failure, r.clone());
+    }
+    if let Some(size) = a.size {
+        let (max, spool) = (shared.spool.max_file_size(), shared.spool.clone());
+        check_growth(u, size, max, spool).await?;
+        if let Err(e) = u.writer.set_len(size).await {
+            return u.refuse(format!("ingestd: {e}"));
+        }
     }
     if let Some(m) = a.permissions {
         u.finish.mode = Some(m & 0o777);

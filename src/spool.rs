@@ -311,6 +311,9 @@ impl Partial {
         if off == self.hashed && self.hashed == self.len {
             self.hasher.update(buf);
             self.hashed += buf.len() as u64;
+        } else if off < self.hashed {
+            // bytes already hashed were overwritten: recompute at the end
+            self.hashed = u64::MAX;
         }
         self.len = self.len.max(off + buf.len() as u64);
         Ok(())
