@@ -299,7 +299,17 @@ listen = "127.0.0.1:9122"
 impl Config {
     /// Parse a config text; relative paths resolve against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // serde_path_to_error names the full key ("retry.max_backoff") of a bad value.
+        let mut cfg: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path.is_empty() || path == "." {
+                    anyhow::anyhow!("{inner}")
+                } else {
+                    anyhow::anyhow!("{path}: {}", inner.message().trim_end())
+                }
+            })?;
         cfg.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
@@ -545,7 +555,9 @@ listen = "127.0.0.1:9122"
         let e = parse("[spool]\nmax_file_size = \"lots\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("max_file_size"), "{e:#}");
         let e = parse("[retry]\nmax_backoff = \"soon\"\n").unwrap_err();
-        assert!(format!("{e:#}").contains("max_backoff"), "{e:#}");
+        assert!(format!("{e:#}").contains("retry.max_backoff"), "{e:#}");
+        let e = parse("[spool]\nmin_free = \"lots\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("spool.min_free"), "{e:#}");
         let e = parse("[archive]\nlayout = \"{date}/{name}\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("archive.layout"), "{e:#}");
     }
