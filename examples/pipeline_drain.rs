@@ -24,9 +24,19 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or(std::env::temp_dir()),
         )?;
     let d = tmp.path();
+    // optional: BENCH_ARCHIVE_WORKERS / BENCH_FORWARD_WORKERS (default: the config defaults)
+    let mut pipeline = String::new();
+    for (var, key) in [
+        ("BENCH_ARCHIVE_WORKERS", "archive_workers"),
+        ("BENCH_FORWARD_WORKERS", "forward_workers"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            pipeline.push_str(&format!("{key} = {v}\n"));
+        }
+    }
     let text = format!(
         "node_id = \"bench\"\n[spool]\ndir = \"{}\"\nmin_free = \"0\"\n\
-         [archive]\ndir = \"{}\"\n[forward]\ndir = \"{}\"\n",
+         [archive]\ndir = \"{}\"\n[forward]\ndir = \"{}\"\n[pipeline]\n{pipeline}",
         d.join("spool").display(),
         d.join("archive").display(),
         d.join("out").display()

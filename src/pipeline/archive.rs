@@ -118,11 +118,13 @@ pub fn archive(cfg: &Config, spool_root: &Path, id: &str, to_state: &str) -> Res
     fsync_dir(&dir)
         .map_err(|e| fsx::target_error(&format!("syncing {}", dir.display()), root, e))?;
 
-    // The archive copy is durable: the entry may move on.
+    // The archive copy is durable: the entry may move on. The state rename itself is
+    // not fsynced: if a power failure loses it, this step simply runs again (same
+    // path, same bytes); the next fsync of the spool (at the latest when the entry
+    // is removed) makes it durable.
     state::reset_after_success(&entry).map_err(|e| fsx::spool_error("state", &entry, e))?;
     let to_dir = spool_root.join(to_state);
     fs::rename(&entry, to_dir.join(id)).map_err(|e| fsx::spool_error("moving entry", &entry, e))?;
-    fsync_dir(&to_dir).map_err(|e| fsx::spool_error("syncing spool", &to_dir, e))?;
     Ok(())
 }
 

@@ -294,7 +294,11 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
     let step = st.kind.step();
     match res {
         Ok(()) => {
-            tracing::debug!(id, step, "step done");
+            if st.kind == Kind::Forward {
+                tracing::info!(id, "forwarded; entry done");
+            } else {
+                tracing::debug!(id, step, "step done");
+            }
             if st.outages.swap(0, Ordering::SeqCst) > 0 {
                 tracing::info!(step, "target available again");
             }

@@ -63,11 +63,13 @@ pub fn identity(spool_root: &Path, id: &str) -> Result<(), StepError> {
     move_on(spool_root, &entry, id)
 }
 
+/// Rename `archived/<id>` → `processed/<id>`. Not fsynced on its own: a lost rename
+/// only makes the (idempotent) step run again. What must not be reordered – the
+/// products inside the entry – was fsynced before.
 fn move_on(spool_root: &Path, entry: &Path, id: &str) -> Result<(), StepError> {
     state::reset_after_success(entry).map_err(|e| fsx::spool_error("state", entry, e))?;
     let to = spool_root.join(PROCESSED);
     fs::rename(entry, to.join(id)).map_err(|e| fsx::spool_error("moving entry", entry, e))?;
-    fsync_dir(&to).map_err(|e| fsx::spool_error("syncing spool", &to, e))?;
     Ok(())
 }
 
