@@ -32,50 +32,6 @@ fn scp_ok(node: &Node, args: &[&str]) {
     );
 }
 
-/// The entry matches the content and the sender's facts.
-fn assert_entry(e: &Entry, content: &[u8], path: &str) {
-    assert_eq!(e.record.path, path, "recorded path; record: {:?}", e.record);
-    assert_eq!(e.record.user, USER, "recorded user; record: {:?}", e.record);
-    assert_eq!(
-        e.record.size,
-        content.len() as u64,
-        "recorded size; record: {:?}",
-        e.record
-    );
-    assert_eq!(
-        e.record.blake3,
-        blake3_hex(content),
-        "recorded blake3; record: {:?}",
-        e.record
-    );
-    assert_eq!(e.record.protocol, "scp", "record: {:?}", e.record);
-    assert_eq!(e.record.node, "test-node", "record: {:?}", e.record);
-    assert!(
-        e.record.id.starts_with("test-node-"),
-        "record: {:?}",
-        e.record
-    );
-    assert!(
-        e.record.remote_addr.starts_with("127.0.0.1:"),
-        "remote_addr; record: {:?}",
-        e.record
-    );
-    assert_eq!(
-        e.dir.file_name().unwrap().to_str().unwrap(),
-        e.record.id,
-        "entry dir is named by its id"
-    );
-    let data = e.data();
-    assert!(
-        data == content,
-        "landed bytes differ for {path}: {} bytes blake3 {} vs sent {} bytes blake3 {}",
-        data.len(),
-        blake3_hex(&data),
-        content.len(),
-        blake3_hex(content)
-    );
-}
-
 fn assert_nothing_landed(node: &Node, context: &str) {
     let landed = node.landed();
     assert!(
@@ -108,7 +64,7 @@ fn assert_still_serves(node: &Node) {
     let landed = node.landed();
     assert_eq!(landed.len(), before + 1, "the follow-up upload landed once");
     let name = f.file_name().unwrap().to_str().unwrap();
-    assert_entry(find_one(&landed, name), &content, name);
+    assert_entry(find_one(&landed, name), &content, name, "scp");
 }
 
 // ---------------------------------------------------------------------------
@@ -123,7 +79,7 @@ fn one_large_file_lands_intact() {
     let landed = node.landed();
     assert_eq!(landed.len(), 1, "one entry");
     let e = &landed[0];
-    assert_entry(e, &content, "big.bin");
+    assert_entry(e, &content, "big.bin", "scp");
     assert_eq!(e.record.mode, 0o644, "mode of a default-umask file");
     assert_eq!(e.record.mtime, None, "no -p: no times sent");
     wait_partial_empty(&node, "after a successful upload");
@@ -145,7 +101,7 @@ fn several_files_in_one_command() {
     let landed = node.landed();
     assert_eq!(landed.len(), 3, "three entries");
     for (name, content, _) in &sent {
-        assert_entry(find_one(&landed, name), content, name);
+        assert_entry(find_one(&landed, name), content, name, "scp");
     }
     let ids: std::collections::HashSet<_> = landed.iter().map(|e| &e.record.id).collect();
     assert_eq!(ids.len(), 3, "distinct ids");
@@ -159,7 +115,7 @@ fn empty_file_lands() {
     scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
-    assert_entry(&landed[0], b"", "empty");
+    assert_entry(&landed[0], b"", "empty", "scp");
 }
 
 #[test]
@@ -170,7 +126,7 @@ fn name_with_spaces() {
     scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
-    assert_entry(&landed[0], &content, "my report (final) v2.txt");
+    assert_entry(&landed[0], &content, "my report (final) v2.txt", "scp");
 }
 
 #[test]
@@ -184,7 +140,7 @@ fn shell_metacharacters_in_a_name_are_literal() {
     scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
-    assert_entry(&landed[0], &content, &name);
+    assert_entry(&landed[0], &content, &name, "scp");
     for w in [format!("metachar-{token}"), format!("metachar2-{token}")] {
         let found: Vec<_> = node
             .find_named(&w)
@@ -228,7 +184,7 @@ fn recursive_tree_with_times_and_modes() {
     );
     for (path, content, mode, mtime) in &sent {
         let e = find_one(&landed, path);
-        assert_entry(e, content, path);
+        assert_entry(e, content, path, "scp");
         assert_eq!(e.record.mode, *mode, "mode of {path}");
         assert_eq!(e.record.mtime, Some(*mtime), "mtime of {path} (scp -p)");
         assert!(e.record.atime.is_some(), "atime of {path} (scp -p)");
@@ -248,8 +204,8 @@ fn same_name_twice_gives_two_entries() {
     assert_eq!(landed.len(), 2, "both uploads kept");
     assert_ne!(landed[0].record.id, landed[1].record.id);
     // ids are time-ordered (ULID): the first upload sorts first
-    assert_entry(&landed[0], &first, "dup.bin");
-    assert_entry(&landed[1], &second, "dup.bin");
+    assert_entry(&landed[0], &first, "dup.bin", "scp");
+    assert_entry(&landed[1], &second, "dup.bin", "scp");
 }
 
 #[test]
@@ -260,7 +216,7 @@ fn upload_into_a_directory_target() {
     scp_ok(&node, &[path_str(&f), &node.target(USER, "some/dir/")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
-    assert_entry(&landed[0], &content, "some/dir/f.dat");
+    assert_entry(&landed[0], &content, "some/dir/f.dat", "scp");
 }
 
 // ---------------------------------------------------------------------------
@@ -413,7 +369,7 @@ fn file_over_max_file_size_is_refused() {
     );
     let landed = node.landed();
     assert_eq!(landed.len(), 1, "only the file at the limit landed");
-    assert_entry(&landed[0], &at_content, "at-limit.bin");
+    assert_entry(&landed[0], &at_content, "at-limit.bin", "scp");
     wait_partial_empty(&node, "refused file");
 
     // The refusal comes before any data is sent (checked against the header's size).
@@ -758,7 +714,7 @@ fn sessions_over_max_sessions_are_refused() {
     );
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
-    assert_entry(&landed[0], &content, "second.bin");
+    assert_entry(&landed[0], &content, "second.bin", "scp");
 }
 
 #[test]
@@ -807,7 +763,7 @@ fn landed_files_survive_kill9_and_partial_is_swept_on_restart() {
     );
     let landed = node.landed();
     assert_eq!(landed.len(), 1, "only the acknowledged upload survives");
-    assert_entry(&landed[0], &content, "kept.bin");
+    assert_entry(&landed[0], &content, "kept.bin", "scp");
     assert_still_serves(&node);
 
     let st = node.stop();

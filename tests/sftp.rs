@@ -227,45 +227,6 @@ fn curl_upload(node: &Node, local: &Path, url: &str, extra: &[&str]) -> Output {
 // ---------------------------------------------------------------------------
 // spool assertions
 
-/// The entry matches the content and the sender's facts.
-fn assert_entry(e: &Entry, content: &[u8], path: &str, protocol: &str) {
-    assert_eq!(e.record.path, path, "recorded path; record: {:?}", e.record);
-    assert_eq!(e.record.user, USER, "recorded user; record: {:?}", e.record);
-    assert_eq!(
-        e.record.size,
-        content.len() as u64,
-        "recorded size; record: {:?}",
-        e.record
-    );
-    assert_eq!(
-        e.record.blake3,
-        blake3_hex(content),
-        "recorded blake3; record: {:?}",
-        e.record
-    );
-    assert_eq!(e.record.protocol, protocol, "record: {:?}", e.record);
-    assert_eq!(e.record.node, "test-node", "record: {:?}", e.record);
-    assert!(
-        e.record.remote_addr.starts_with("127.0.0.1:"),
-        "remote_addr; record: {:?}",
-        e.record
-    );
-    assert_eq!(
-        e.dir.file_name().unwrap().to_str().unwrap(),
-        e.record.id,
-        "entry dir is named by its id"
-    );
-    let data = e.data();
-    assert!(
-        data == content,
-        "landed bytes differ for {path}: {} bytes blake3 {} vs sent {} bytes blake3 {}",
-        data.len(),
-        blake3_hex(&data),
-        content.len(),
-        blake3_hex(content)
-    );
-}
-
 fn paths(entries: &[Entry]) -> Vec<String> {
     entries.iter().map(|e| e.record.path.clone()).collect()
 }
