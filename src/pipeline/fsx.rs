@@ -68,10 +68,19 @@ fn is_outage_errno(code: i32) -> bool {
 
 /// Classify an error that happened while writing under the target `root`.
 /// A vanished (or never-mounted) root is an outage; so are the errno values of
-/// [`is_outage_errno`]. Anything else is this entry's failure.
+/// [`is_outage_errno`] – except that "permission denied" counts as an outage only
+/// if the root itself refuses a new file (else one odd name must not stall the
+/// whole stage). Anything else is this entry's failure.
 pub fn target_error(what: &str, root: &Path, e: io::Error) -> StepError {
     let msg = format!("{what}: {e}");
     match e.raw_os_error() {
+        Some(c) if c == libc::EACCES || c == libc::EPERM => {
+            if probe_root(root).is_ok() {
+                StepError::failed(msg)
+            } else {
+                StepError::Outage(msg)
+            }
+        }
         Some(c) if is_outage_errno(c) => StepError::Outage(msg),
         Some(c) if (c == libc::ENOENT || c == libc::ENOTDIR) && !root.is_dir() => {
             StepError::Outage(msg)
@@ -92,6 +101,13 @@ pub fn spool_error(what: &str, entry: &Path, e: io::Error) -> StepError {
         }
         _ => StepError::failed(format!("{what}: {e}")),
     }
+}
+
+/// Can a new file be created (and removed) directly in `root`?
+pub fn probe_root(root: &Path) -> io::Result<()> {
+    let p = root.join(format!(".ingestd-probe-{}-{}", std::process::id(), nonce()));
+    OpenOptions::new().write(true).create_new(true).open(&p)?;
+    fs::remove_file(&p)
 }
 
 /// Check that a target root is a usable directory; an outage otherwise.
@@ -300,6 +316,16 @@ mod tests {
         ));
         let e = io::Error::from_raw_os_error(libc::ENOSPC);
         assert!(matches!(target_error("w", &root, e), StepError::Outage(_)));
+        // permission denied on one name while the root is writable: the entry's problem
+        let e = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(target_error("w", &root, e), StepError::Failed(_)));
+        let e = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(target_error("w", &bad, e), StepError::Outage(_)));
+        assert!(fs::read_dir(&root).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".ingestd-probe")));
         let e = io::Error::from_raw_os_error(libc::ENAMETOOLONG);
         assert!(matches!(target_error("w", &root, e), StepError::Failed(_)));
         // spool side: entry vanished → Gone
