@@ -11,6 +11,9 @@ cargo build --release --example pipeline_drain >/dev/null 2>&1 || cargo build --
 BIN=target/release/examples/pipeline_drain
 rates=""
 for i in 1 2 3; do
+    # let the previous run's deletions settle (online discard makes them linger in
+    # the journal and slows the next run's fsyncs)
+    [ "$i" = 1 ] || sleep "${PAUSE:-15}"
     out=$("$BIN" "$N" "$S" "$DIR")
     echo "run $i: $out"
     rates="$rates $(echo "$out" | sed -n 's/.*rate=\([0-9]*\) files.*/\1/p')"

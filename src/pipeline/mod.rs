@@ -202,7 +202,11 @@ async fn stage_loop(sh: Arc<Shared>, st: Arc<Stage>) {
         tokio::select! {
             _ = st.notify.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
-            _ = shutdown.changed() => {}
+            r = shutdown.changed() => {
+                if r.is_err() {
+                    break; // the sender is gone: shutting down
+                }
+            }
         }
     }
 }
