@@ -24,7 +24,7 @@ fn algorithm_for(path: &Path) -> Algorithm {
 pub fn load_or_generate(path: &Path) -> Result<PrivateKey> {
     if !path.exists() {
         let alg = algorithm_for(path);
-        let key = PrivateKey::random(&mut rand_core_ssh::rng(), alg.clone())
+        let key = PrivateKey::random(&mut rand::rng(), alg.clone())
             .with_context(|| format!("generating {alg} host key"))?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

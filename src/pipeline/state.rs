@@ -7,7 +7,7 @@
 use crate::config::RetryConfig;
 use crate::record::{Attempt, EntryState};
 use crate::spool::{fsync_dir, write_atomic, ARCHIVED, PROCESSED, QUARANTINE, READY, STATE};
-use rand::Rng;
+use rand::RngExt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ pub fn backoff_base(attempts: u32, initial: Duration, max: Duration) -> Duration
 /// [`backoff_base`] with ±20% uniform jitter, never above `max`.
 pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
     let base = backoff_base(attempts, initial, max);
-    let f: f64 = rand::thread_rng().gen_range(0.8..=1.2);
+    let f: f64 = rand::rng().random_range(0.8..=1.2);
     base.mul_f64(f).min(max)
 }
 
