@@ -277,14 +277,6 @@ impl Sink {
     /// Receive one file; `Some(end)` if the session must stop.
     async fn file(&mut self, input: &mut Input, mode: u32, size: u64, path: String) -> Option<End> {
         let times = self.times.take();
-        let spool = self.shared.spool.clone();
-        let admitted = tokio::task::spawn_blocking(move || spool.admit(size))
-            .await
-            .unwrap_or_else(|e| Err(Refusal::Io(std::io::Error::other(e))));
-        if let Err(r) = admitted {
-            self.warn(&format!("{path}: {r}")).await;
-            return None;
-        }
         let info = Incoming {
             user: self.user.clone(),
             path: path.clone(),
@@ -294,9 +286,16 @@ impl Sink {
             remote_addr: self.peer.to_string(),
             protocol: "scp",
         };
-        let mut w = match FileWriter::start(self.shared.spool.clone(), info).await {
+        let mut w = match FileWriter::start(self.shared.spool.clone(), info, size).await {
             Ok(w) => w,
-            Err(e) => return Some(self.fatal(&format!("{path}: cannot store file: {e}")).await),
+            Err(Refusal::Io(e)) => {
+                return Some(self.fatal(&format!("{path}: cannot store file: {e}")).await)
+            }
+            Err(r) => {
+                // a warning: the source skips this file and goes on with the next
+                self.warn(&format!("{path}: {r}")).await;
+                return None;
+            }
         };
         if !self.send(b"\0").await {
             return Some(End::Lost);

@@ -425,12 +425,6 @@ impl Sftp {
                 return Ok(Packet::Handle(Handle { id, handle: h }));
             }
         }
-        let spool = self.shared.spool.clone();
-        let want = attrs.size.unwrap_or(0);
-        tokio::task::spawn_blocking(move || spool.admit(want))
-            .await
-            .map_err(|e| (StatusCode::Failure, e.to_string()))?
-            .map_err(|r| (StatusCode::Failure, format!("ingestd: {filename}: {r}")))?;
         let mode = attrs.permissions.map(|m| m & 0o777).unwrap_or(0o644);
         let info = Incoming {
             user: self.user.clone(),
@@ -441,14 +435,10 @@ impl Sftp {
             remote_addr: self.peer.to_string(),
             protocol: "sftp",
         };
-        let writer = FileWriter::start(self.shared.spool.clone(), info)
+        let want = attrs.size.unwrap_or(0);
+        let writer = FileWriter::start(self.shared.spool.clone(), info, want)
             .await
-            .map_err(|e| {
-                (
-                    StatusCode::Failure,
-                    format!("ingestd: cannot store {filename}: {e}"),
-                )
-            })?;
+            .map_err(|r| (StatusCode::Failure, format!("ingestd: {filename}: {r}")))?;
         let u = Upload {
             path: p,
             writer,

@@ -68,7 +68,12 @@ pub struct Spool {
     max_file_size: u64,
     min_free: u64,
     wake: Arc<Notify>,
+    /// (when statvfs was last read, bytes free then minus bytes admitted since):
+    /// admission reads statvfs at most every `FREE_CACHE_FOR`.
+    free_cache: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+const FREE_CACHE_FOR: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Spool {
     /// Create the layout under `root` and sweep `partial/` and `work/` (nothing there
@@ -98,6 +103,7 @@ impl Spool {
             max_file_size,
             min_free,
             wake: Arc::new(Notify::new()),
+            free_cache: std::sync::Mutex::new(None),
         })
     }
 
@@ -143,7 +149,21 @@ impl Spool {
                 max: self.max_file_size,
             });
         }
-        let free = self.free_bytes()?;
+        let mut cache = self.free_cache.lock().unwrap();
+        let free = match *cache {
+            Some((at, free)) if at.elapsed() < FREE_CACHE_FOR => free,
+            _ => self.free_bytes()?,
+        };
+        *cache = Some((
+            cache.map_or_else(std::time::Instant::now, |c| {
+                if c.0.elapsed() < FREE_CACHE_FOR {
+                    c.0
+                } else {
+                    std::time::Instant::now()
+                }
+            }),
+            free.saturating_sub(size),
+        ));
         if free.saturating_sub(size) < self.min_free {
             return Err(Refusal::NoSpace {
                 size,

@@ -1,9 +1,9 @@
-//! A file being landed, written by its own thread: protocol tasks hand over
+//! A file being landed, written by its own (blocking-pool) thread: protocol tasks hand over
 //! chunks through a bounded queue and never block the SSH connection loop on disk
 //! I/O. Errors are sticky and reported on the next call and at completion.
 //! Dropping a writer without completing it removes the partial file.
 
-use crate::spool::{Incoming, Partial, Spool, Staged};
+use crate::spool::{Incoming, Partial, Refusal, Spool, Staged};
 use bytes::Bytes;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -34,18 +34,33 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
-    /// Create `partial/<id>/data` and start its writer thread.
-    pub async fn start(spool: Arc<Spool>, info: Incoming) -> io::Result<FileWriter> {
-        let partial = tokio::task::spawn_blocking(move || spool.begin(info))
-            .await
-            .map_err(io::Error::other)??;
-        let id = partial.id().to_string();
+    /// Admit a file of `admit` bytes (see [`Spool::admit`]), create
+    /// `partial/<id>/data` and start its writer on a blocking-pool thread: one hop
+    /// off the async threads for all of it.
+    pub async fn start(
+        spool: Arc<Spool>,
+        info: Incoming,
+        admit: u64,
+    ) -> Result<FileWriter, Refusal> {
         let (tx, rx) = mpsc::channel(32);
+        let (started_tx, started_rx) = oneshot::channel();
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
-        std::thread::Builder::new()
-            .name("ingestd-writer".into())
-            .spawn(move || run(partial, rx, err2))?;
+        tokio::task::spawn_blocking(move || {
+            let partial = spool.admit(admit).and_then(|()| Ok(spool.begin(info)?));
+            match partial {
+                Ok(p) => {
+                    let _ = started_tx.send(Ok(p.id().to_string()));
+                    run(p, rx, err2);
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            }
+        });
+        let id = started_rx
+            .await
+            .map_err(|_| Refusal::Io(io::Error::other("writer thread ended")))??;
         Ok(FileWriter {
             tx,
             error,
