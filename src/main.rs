@@ -119,7 +119,11 @@ fn init_logging(json: bool) {
 fn run(config: Option<PathBuf>, log_json: bool) -> Result<()> {
     init_logging(log_json);
     let cfg = Arc::new(Config::load(config.as_deref())?);
+    // Every upload in flight holds a blocking-pool thread (its writer); leave room
+    // for all of them plus the short blocking jobs (auth, commits).
+    let blocking = cfg.ssh.max_sessions * 32 + 256;
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking)
         .enable_all()
         .build()?
         .block_on(run_node(cfg))

@@ -93,7 +93,7 @@ struct Sink {
     /// Resolved target (virtual path, "" = root).
     target: String,
     target_is_dir: bool,
-    /// Directories entered with `D` lines, relative to the target.
+    /// Virtual paths of the directories entered with `D` lines, innermost last.
     stack: Vec<String>,
     top_level_items: usize,
     times: Option<(i64, i64)>,
@@ -176,20 +176,21 @@ impl Sink {
         self.send(format!("\x01scp: {msg}\n").as_bytes()).await;
     }
 
-    /// Virtual path for an item named `name` at the current depth.
+    /// Virtual path for an item named `name` at the current depth. The first
+    /// top-level item sent to a target that is not a directory takes the target's
+    /// name (`scp f host:newname`, `scp -r dir host:newname`).
     fn item_path(&mut self, name: &str) -> String {
-        if self.stack.is_empty() {
-            self.top_level_items += 1;
-            if !self.target_is_dir && self.top_level_items == 1 {
-                return self.target.clone();
+        match self.stack.last() {
+            Some(dir) => vpath::join(dir, name),
+            None => {
+                self.top_level_items += 1;
+                if !self.target_is_dir && self.top_level_items == 1 {
+                    self.target.clone()
+                } else {
+                    vpath::join(&self.target, name)
+                }
             }
         }
-        let mut p = self.target.clone();
-        // an empty entry marks the top directory that replaced the target name
-        for d in self.stack.iter().filter(|d| !d.is_empty()) {
-            p = vpath::join(&p, d);
-        }
-        vpath::join(&p, name)
     }
 
     async fn session(&mut self, input: &mut Input) -> End {
@@ -244,13 +245,7 @@ impl Sink {
                         return self.fatal("received a directory without -r").await;
                     }
                     let path = self.item_path(&name);
-                    if self.stack.is_empty() && !self.target_is_dir && self.top_level_items == 1 {
-                        // `scp -r dir host:newname`: the directory is created as the target
-                        self.stack.push(String::new());
-                        self.target = path;
-                    } else {
-                        self.stack.push(name);
-                    }
+                    self.stack.push(path);
                     self.times = None;
                     if !self.send(b"\0").await {
                         return End::Lost;

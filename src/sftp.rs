@@ -24,7 +24,9 @@ use std::sync::Arc;
 /// Largest request accepted (a 255 KiB write plus headers), as OpenSSH's sftp-server.
 const MAX_PACKET: usize = 256 * 1024;
 const MAX_WRITE: u64 = 255 * 1024;
-const MAX_HANDLES: usize = 64;
+/// Open handles plus parked temporary uploads per session (each upload holds a
+/// writer thread and a file descriptor).
+const MAX_HANDLES: usize = 32;
 /// Free space is re-checked whenever an upload grows by this much.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
@@ -292,10 +294,18 @@ impl Sftp {
             .any(|p| vpath::glob_match(p, name))
     }
 
-    fn new_handle(&mut self, o: Open) -> Result<String, (StatusCode, String)> {
-        if self.handles.len() >= MAX_HANDLES {
-            return err(StatusCode::Failure, "ingestd: too many open handles");
+    fn check_handle_room(&self) -> Result<(), (StatusCode, String)> {
+        if self.handles.len() + self.parked.len() >= MAX_HANDLES {
+            return err(
+                StatusCode::Failure,
+                format!("ingestd: too many open files in this session (limit {MAX_HANDLES})"),
+            );
         }
+        Ok(())
+    }
+
+    fn new_handle(&mut self, o: Open) -> Result<String, (StatusCode, String)> {
+        self.check_handle_room()?;
         self.next_handle += 1;
         let h = format!("h{}", self.next_handle);
         self.handles.insert(h.clone(), o);
@@ -435,6 +445,7 @@ impl Sftp {
             remote_addr: self.peer.to_string(),
             protocol: "sftp",
         };
+        self.check_handle_room()?;
         let want = attrs.size.unwrap_or(0);
         let writer = FileWriter::start(self.shared.spool.clone(), info, want)
             .await

@@ -219,6 +219,42 @@ fn upload_into_a_directory_target() {
     assert_entry(&landed[0], &content, "some/dir/f.dat", "scp");
 }
 
+#[test]
+fn to_a_new_name_and_then_into_it_as_a_directory() {
+    // As OpenSSH's sink: `scp f host:name` stores the file as `name`; `scp -r dir
+    // host:new` creates `new` from `dir`; once `new` exists (in the sender's view)
+    // a second `scp -r dir host:new` goes inside it.
+    let node = held();
+    let f = node.src.join("f.dat");
+    let content = random_file(&f, 1000);
+    let tree = node.src.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let inner = random_file(&tree.join("g.dat"), 500);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "renamed.dat")]);
+    scp_ok(&node, &["-r", path_str(&tree), &node.target(USER, "new")]);
+    scp_ok(&node, &["-r", path_str(&tree), &node.target(USER, "new")]);
+    let landed = node.landed();
+    assert_eq!(
+        landed.len(),
+        3,
+        "{:?}",
+        landed.iter().map(|e| &e.record.path).collect::<Vec<_>>()
+    );
+    assert_entry(
+        find_one(&landed, "renamed.dat"),
+        &content,
+        "renamed.dat",
+        "scp",
+    );
+    assert_entry(find_one(&landed, "new/g.dat"), &inner, "new/g.dat", "scp");
+    assert_entry(
+        find_one(&landed, "new/tree/g.dat"),
+        &inner,
+        "new/tree/g.dat",
+        "scp",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // refusals
 
