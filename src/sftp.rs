@@ -328,7 +328,7 @@ impl Sftp {
             return Ok(Packet::Attrs(Attrs {
                 id,
                 attrs: file_attrs(
-                    u.writer.len(),
+                    u.writer.size(),
                     u.finish.mode.unwrap_or(0o644),
                     u.finish.mtime,
                     u.finish.atime,
@@ -353,7 +353,7 @@ impl Sftp {
             Some(Open::Write(u)) => Ok(Packet::Attrs(Attrs {
                 id,
                 attrs: file_attrs(
-                    u.writer.len(),
+                    u.writer.size(),
                     u.finish.mode.unwrap_or(0o644),
                     u.finish.mtime,
                     u.finish.atime,
@@ -401,7 +401,7 @@ impl Sftp {
                 _ => None,
             }))
             .filter(|u| u.path.starts_with(&prefix) && !u.path[prefix.len()..].contains('/'))
-            .map(|u| (u.path[prefix.len()..].to_string(), u.writer.len()))
+            .map(|u| (u.path[prefix.len()..].to_string(), u.writer.size()))
             .collect();
         for (name, size) in uploads {
             entries.push(File::new(name, file_attrs(size, 0o644, None, None)));
@@ -692,7 +692,7 @@ async fn check_growth(
         return u.refuse(format!("ingestd: file too large: limit is {max} bytes"));
     }
     if end >= u.next_space_check {
-        let grow = end.saturating_sub(u.writer.len()).max(SPACE_CHECK_EVERY);
+        let grow = end.saturating_sub(u.writer.size()).max(SPACE_CHECK_EVERY);
         u.next_space_check = end + SPACE_CHECK_EVERY;
         let r = tokio::task::spawn_blocking(move || spool.admit(grow))
             .await

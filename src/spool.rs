@@ -111,10 +111,6 @@ impl Spool {
         &self.root
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// `spool/<state>`.
     pub fn dir(&self, state: &str) -> PathBuf {
         self.root.join(state)
@@ -216,23 +212,6 @@ impl Spool {
         self.wake.notify_one();
         Ok(staged.iter().map(|s| s.record.clone()).collect())
     }
-
-    /// Land a complete file that already sits somewhere on the spool's filesystem
-    /// (the inbox): it is copied into a partial entry, hashed and committed.
-    pub fn land_copy(&self, src: &Path, info: Incoming) -> io::Result<Record> {
-        let mut p = self.begin(info)?;
-        let mut f = File::open(src)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            p.write(&buf[..n])?;
-        }
-        let staged = p.complete()?;
-        Ok(self.commit(vec![staged])?.remove(0))
-    }
 }
 
 /// Groups at least this large are made durable with one `syncfs(2)` of the spool's
@@ -318,10 +297,6 @@ impl Partial {
         self.len == 0
     }
 
-    pub fn started(&self) -> std::time::Instant {
-        self.started
-    }
-
     /// Append (sequential streams: SCP, inbox).
     pub fn write(&mut self, buf: &[u8]) -> io::Result<()> {
         let off = self.len;
@@ -352,11 +327,6 @@ impl Partial {
         }
         self.len = len;
         Ok(())
-    }
-
-    /// Read back (SFTP read when downloads are allowed, of one's own partial file).
-    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read_at(buf, off)
     }
 
     /// Finish writing: compute the BLAKE3 (reading back only if writes were out of

@@ -30,7 +30,6 @@ pub struct FileWriter {
     error: Arc<Mutex<Option<String>>>,
     /// Highest end offset written so far (the file's length, as seen by the protocol).
     len: u64,
-    id: String,
 }
 
 impl FileWriter {
@@ -50,7 +49,7 @@ impl FileWriter {
             let partial = spool.admit(admit).and_then(|()| Ok(spool.begin(info)?));
             match partial {
                 Ok(p) => {
-                    let _ = started_tx.send(Ok(p.id().to_string()));
+                    let _ = started_tx.send(Ok(()));
                     run(p, rx, err2);
                 }
                 Err(e) => {
@@ -58,27 +57,15 @@ impl FileWriter {
                 }
             }
         });
-        let id = started_rx
+        started_rx
             .await
             .map_err(|_| Refusal::Io(io::Error::other("writer thread ended")))??;
-        Ok(FileWriter {
-            tx,
-            error,
-            len: 0,
-            id,
-        })
+        Ok(FileWriter { tx, error, len: 0 })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn len(&self) -> u64 {
+    /// Bytes in the file so far (highest end offset written, or the length set).
+    pub fn size(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     fn check(&self) -> io::Result<()> {
