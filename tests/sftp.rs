@@ -1270,3 +1270,48 @@ fn sftp_upload_reaches_archive_and_forward() {
     assert_eq!(rec.blake3, want);
     assert_eq!(rec.id, comps[2]);
 }
+
+/// russh-sftp's own loop desynchronises on a packet over its limit; ours answers
+/// the request with a FAILURE status, skips the body and keeps serving the session.
+/// Driven with raw SFTP packets over a paramiko channel.
+#[test]
+fn oversized_sftp_packet_is_refused_and_the_session_goes_on() {
+    let node = held();
+    let body = r#"
+import struct
+c, _ = connect()
+ch = c.get_transport().open_session()
+ch.invoke_subsystem("sftp")
+def send(t, payload):
+    ch.sendall(struct.pack(">IB", len(payload) + 1, t) + payload)
+def recv():
+    hdr = b""
+    while len(hdr) < 4:
+        hdr += ch.recv(4 - len(hdr))
+    n = struct.unpack(">I", hdr)[0]
+    b = b""
+    while len(b) < n:
+        b += ch.recv(n - len(b))
+    return b
+def sstr(s):
+    return struct.pack(">I", len(s)) + s
+send(1, struct.pack(">I", 3))                       # INIT v3
+v = recv()
+if v[0] != 2: fail("expected VERSION, got type %d" % v[0])
+# a 1 MiB "WRITE" (id 7): far over the 256 KiB limit
+send(6, struct.pack(">I", 7) + sstr(b"h1") + struct.pack(">Q", 0) + sstr(b"x" * (1 << 20)))
+r = recv()
+typ, rid, code = r[0], struct.unpack(">I", r[1:5])[0], struct.unpack(">I", r[5:9])[0]
+if (typ, rid) != (101, 7) or code == 0:
+    fail("oversized packet: expected a failure STATUS for id 7, got type %d id %d code %d" % (typ, rid, code))
+# the stream is still in step: REALPATH "." (id 8) answers NAME "/"
+send(16, struct.pack(">I", 8) + sstr(b"."))
+r = recv()
+if r[0] != 104 or struct.unpack(">I", r[1:5])[0] != 8 or b"/" not in r:
+    fail("session out of step after the oversized packet: %r" % r[:40])
+ch.close(); c.close()
+print("done")
+"#;
+    paramiko_ok(&node, "oversized packet", body, &[]);
+    assert!(node.landed().is_empty());
+}
