@@ -22,23 +22,6 @@ fn inbox(node: &Node) -> std::path::PathBuf {
     node.dir.path().join("inbox")
 }
 
-fn forwarded(node: &Node) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(&node.outgoing)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        fs::read(e.path()).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 fn forwarded_named<'a>(fwd: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a (String, Vec<u8>)> {
     fwd.iter()
         .filter(|(n, _)| n.ends_with(&format!("__{name}")))

@@ -15,20 +15,6 @@ use std::time::Duration;
 const USER: &str = "alice";
 const LONG: Duration = Duration::from_secs(60);
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn scp_ok(node: &Node, args: &[&str]) {
-    let out = node.scp_o(args);
-    assert!(
-        out.status.success(),
-        "scp -O {args:?} failed:\n{}\nnode log:\n{}",
-        show(&out),
-        node.log()
-    );
-}
-
 /// Upload files from `node.src` (names relative to it) into the sender's root.
 fn upload(node: &Node, names: &[&str]) {
     let mut args: Vec<String> = names
@@ -37,7 +23,7 @@ fn upload(node: &Node, names: &[&str]) {
         .collect();
     args.push(node.target(USER, ""));
     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    scp_ok(node, &a);
+    scp_o_ok(node, &a);
 }
 
 /// Write an executable shell script into the node dir; returns its path.
@@ -66,25 +52,6 @@ fn cli_ok(node: &Node, args: &[&str]) -> String {
     let o = cli(node, args);
     assert!(o.status.success(), "ingestd {args:?}:\n{}", show(&o));
     String::from_utf8(o.stdout).unwrap()
-}
-
-/// Regular files in the forward dir: name → content (temporary names included, so
-/// tests can assert there are none).
-fn forwarded(node: &Node) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(&node.outgoing)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        fs::read(e.path()).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn spool_count(node: &Node, state: &str) -> usize {
@@ -302,7 +269,7 @@ fn without_process_the_file_itself_is_forwarded() {
     let b = random_file(&node.src.join("tree/sub/b.csv"), 1234);
     let empty = random_file(&node.src.join("empty"), 0);
     upload(&node, &["a.bin", "empty"]);
-    scp_ok(
+    scp_o_ok(
         &node,
         &[
             "-r",

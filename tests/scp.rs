@@ -13,25 +13,6 @@ use std::time::Duration;
 
 const USER: &str = "alice";
 
-fn held() -> Node {
-    Node::start_opts(NodeOpts::held())
-}
-
-fn path_str(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Run `scp -O args...` and require success.
-fn scp_ok(node: &Node, args: &[&str]) {
-    let out = node.scp_o(args);
-    assert!(
-        out.status.success(),
-        "scp -O {args:?} failed:\n{}\nnode log:\n{}",
-        show(&out),
-        node.log()
-    );
-}
-
 fn assert_nothing_landed(node: &Node, context: &str) {
     let landed = node.landed();
     assert!(
@@ -44,29 +25,6 @@ fn assert_nothing_landed(node: &Node, context: &str) {
     );
 }
 
-fn wait_partial_empty(node: &Node, context: &str) {
-    let ok = poll(Duration::from_secs(30), || {
-        node.partial_is_empty().then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{context}: spool/partial not cleaned up within 30s: {:?}",
-        node.partial_names()
-    );
-}
-
-/// After whatever the test did, a normal upload still works and lands.
-fn assert_still_serves(node: &Node) {
-    let before = node.landed().len();
-    let f = node.src.join(format!("after-{}.bin", unique_token()));
-    let content = random_file(&f, 10_000);
-    scp_ok(node, &[path_str(&f), &node.target(USER, "")]);
-    let landed = node.landed();
-    assert_eq!(landed.len(), before + 1, "the follow-up upload landed once");
-    let name = f.file_name().unwrap().to_str().unwrap();
-    assert_entry(find_one(&landed, name), &content, name, "scp");
-}
-
 // ---------------------------------------------------------------------------
 // uploads that must land
 
@@ -75,7 +33,7 @@ fn one_large_file_lands_intact() {
     let node = held();
     let f = node.src.join("big.bin");
     let content = random_file(&f, 8 << 20);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1, "one entry");
     let e = &landed[0];
@@ -97,7 +55,7 @@ fn several_files_in_one_command() {
     let mut args: Vec<&str> = sent.iter().map(|(_, _, p)| path_str(p)).collect();
     let target = node.target(USER, "");
     args.push(&target);
-    scp_ok(&node, &args);
+    scp_o_ok(&node, &args);
     let landed = node.landed();
     assert_eq!(landed.len(), 3, "three entries");
     for (name, content, _) in &sent {
@@ -112,7 +70,7 @@ fn empty_file_lands() {
     let node = held();
     let f = node.src.join("empty");
     write_file(&f, b"");
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
     assert_entry(&landed[0], b"", "empty", "scp");
@@ -123,7 +81,7 @@ fn name_with_spaces() {
     let node = held();
     let f = node.src.join("my report (final) v2.txt");
     let content = random_file(&f, 4321);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
     assert_entry(&landed[0], &content, "my report (final) v2.txt", "scp");
@@ -137,7 +95,7 @@ fn shell_metacharacters_in_a_name_are_literal() {
     let name = format!("`touch metachar-{token}`; $(touch metachar2-{token}) *");
     let f = node.src.join(&name);
     let content = random_file(&f, 777);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
     assert_entry(&landed[0], &content, &name, "scp");
@@ -171,7 +129,7 @@ fn recursive_tree_with_times_and_modes() {
         sent.push((format!("tree/{rel}"), c, mode, mtime));
     }
     std::fs::create_dir_all(tree.join("emptydir")).unwrap();
-    scp_ok(
+    scp_o_ok(
         &node,
         &["-r", "-p", path_str(&tree), &node.target(USER, "")],
     );
@@ -196,10 +154,10 @@ fn same_name_twice_gives_two_entries() {
     let node = held();
     let f = node.src.join("dup.bin");
     let first = random_file(&f, 5000);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let second = random_bytes(6000, 42);
     write_file(&f, &second);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 2, "both uploads kept");
     assert_ne!(landed[0].record.id, landed[1].record.id);
@@ -213,7 +171,7 @@ fn upload_into_a_directory_target() {
     let node = held();
     let f = node.src.join("f.dat");
     let content = random_file(&f, 2048);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "some/dir/")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "some/dir/")]);
     let landed = node.landed();
     assert_eq!(landed.len(), 1);
     assert_entry(&landed[0], &content, "some/dir/f.dat", "scp");
@@ -230,9 +188,9 @@ fn to_a_new_name_and_then_into_it_as_a_directory() {
     let tree = node.src.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     let inner = random_file(&tree.join("g.dat"), 500);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "renamed.dat")]);
-    scp_ok(&node, &["-r", path_str(&tree), &node.target(USER, "new")]);
-    scp_ok(&node, &["-r", path_str(&tree), &node.target(USER, "new")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "renamed.dat")]);
+    scp_o_ok(&node, &["-r", path_str(&tree), &node.target(USER, "new")]);
+    scp_o_ok(&node, &["-r", path_str(&tree), &node.target(USER, "new")]);
     let landed = node.landed();
     assert_eq!(
         landed.len(),
@@ -273,7 +231,7 @@ fn unknown_key_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Permission denied"), "{}", show(&out));
     assert_nothing_landed(&node, "unknown key");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 fn assert_one_line_refusal(out: &std::process::Output, what: &str) {
@@ -311,7 +269,7 @@ fn exec_of_other_commands_is_refused() {
         "a command ran"
     );
     assert_nothing_landed(&node, "exec of other commands");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 #[test]
@@ -325,7 +283,7 @@ fn scp_with_shell_syntax_in_the_target_runs_no_shell() {
     assert!(!pwned.exists(), "a shell ran:\n{}", show(&out));
     assert!(node.find_named(&format!("pwn-{token}")).is_empty());
     assert_nothing_landed(&node, "shell syntax");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 #[test]
@@ -335,7 +293,7 @@ fn shell_without_pty_is_refused() {
     assert_eq!(out.status.code(), Some(1), "shell:\n{}", show(&out));
     assert_one_line_refusal(&out, "shell");
     assert_nothing_landed(&node, "shell");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 #[test]
@@ -360,7 +318,7 @@ fn shell_with_pty_is_refused() {
         show(&out)
     );
     assert_nothing_landed(&node, "pty");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 #[test]
@@ -376,7 +334,7 @@ fn download_is_refused() {
     );
     assert!(!dest.exists(), "nothing downloaded");
     assert_nothing_landed(&node, "download");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 #[test]
@@ -387,7 +345,7 @@ fn file_over_max_file_size_is_refused() {
     });
     let at = node.src.join("at-limit.bin");
     let at_content = random_file(&at, 1 << 20);
-    scp_ok(&node, &[path_str(&at), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&at), &node.target(USER, "")]);
 
     let over = node.src.join("over-limit.bin");
     random_file(&over, (1 << 20) + 1);
@@ -513,7 +471,7 @@ fn run_hostile(h: Hostile, token: &str) {
     // The spool itself holds no file named after the upload either.
     let in_spool = node.find_named(token);
     assert!(in_spool.is_empty(), "{ctx}: spool holds {in_spool:?}");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 fn file_case(header: &str, keywords: &'static [&'static str]) -> Hostile {
@@ -691,7 +649,7 @@ fn client_killed_mid_transfer_leaves_nothing() {
     wait_partial_empty(&node, "client killed mid-transfer");
     assert_nothing_landed(&node, "client killed mid-transfer");
     assert!(node.find_named(&token).is_empty());
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 }
 
 #[test]
@@ -758,7 +716,7 @@ fn landed_files_survive_kill9_and_partial_is_swept_on_restart() {
     let mut node = held();
     let f = node.src.join("kept.bin");
     let content = random_file(&f, 3 << 20);
-    scp_ok(&node, &[path_str(&f), &node.target(USER, "")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "")]);
 
     // An upload in flight when the daemon dies.
     let mut s = node.ssh_spawn(USER, "scp -t .");
@@ -800,7 +758,7 @@ fn landed_files_survive_kill9_and_partial_is_swept_on_restart() {
     let landed = node.landed();
     assert_eq!(landed.len(), 1, "only the acknowledged upload survives");
     assert_entry(&landed[0], &content, "kept.bin", "scp");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "scp");
 
     let st = node.stop();
     assert!(

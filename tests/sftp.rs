@@ -25,14 +25,6 @@ const USER: &str = "alice";
 const PYTHON: &str = "/usr/bin/python3";
 const JSCH_JAR: &str = "/usr/share/java/jsch.jar";
 
-fn held() -> Node {
-    Node::start_opts(NodeOpts::held())
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 // ---------------------------------------------------------------------------
 // running clients
 
@@ -267,30 +259,6 @@ fn describe_landed(node: &Node, name: &str, sent: &[u8]) -> String {
     )
 }
 
-fn wait_partial_empty(node: &Node, context: &str) {
-    let ok = poll(Duration::from_secs(30), || {
-        node.partial_is_empty().then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{context}: spool/partial not cleaned up within 30s: {:?}\nnode log:\n{}",
-        node.partial_names(),
-        node.log()
-    );
-}
-
-/// After whatever the test did, a normal SFTP upload still works and lands.
-fn assert_still_serves(node: &Node) {
-    let before = node.landed().len();
-    let f = node.src.join(format!("after-{}.bin", unique_token()));
-    let content = random_file(&f, 10_000);
-    scp_ok(node, &[path_str(&f), &node.target(USER, "")]);
-    let landed = node.landed();
-    assert_eq!(landed.len(), before + 1, "the follow-up upload landed once");
-    let name = f.file_name().unwrap().to_str().unwrap();
-    assert_entry(find_one(&landed, name), &content, name, "sftp");
-}
-
 // ---------------------------------------------------------------------------
 // OpenSSH scp, SFTP mode
 
@@ -487,7 +455,7 @@ fn scp_over_max_file_size_is_refused() {
     let landed = assert_landed_paths(&node, &["at-limit.bin"]);
     assert_entry(&landed[0], &at_content, "at-limit.bin", "sftp");
     wait_partial_empty(&node, "refused file");
-    assert_still_serves(&node);
+    assert_still_serves(&node, "sftp");
 }
 
 // ---------------------------------------------------------------------------
@@ -1193,7 +1161,7 @@ fn jsch_put_lands() {
     let landed = assert_landed_paths(&node, &["jsch.bin"]);
     assert_entry(&landed[0], &content, "jsch.bin", "sftp");
     // The OpenSSH client still gets the ed25519 key and is served as before.
-    assert_still_serves(&node);
+    assert_still_serves(&node, "sftp");
 }
 
 // ---------------------------------------------------------------------------

@@ -1050,3 +1050,79 @@ pub fn assert_entry(e: &Entry, content: &[u8], path: &str, protocol: &str) {
         blake3_hex(content)
     );
 }
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A node whose entries stay in `spool/ready` (archiving is held by an outage).
+pub fn held() -> Node {
+    Node::start_opts(NodeOpts::held())
+}
+
+/// Run `scp -O args...` and require success.
+pub fn scp_o_ok(node: &Node, args: &[&str]) {
+    let out = node.scp_o(args);
+    assert!(
+        out.status.success(),
+        "scp -O {args:?} failed:\n{}\nnode log:\n{}",
+        show(&out),
+        node.log()
+    );
+}
+
+/// Wait (30 s at most) until `spool/partial` is empty.
+pub fn wait_partial_empty(node: &Node, context: &str) {
+    let ok = poll(Duration::from_secs(30), || {
+        node.partial_is_empty().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{context}: spool/partial not cleaned up within 30s: {:?}\nnode log:\n{}",
+        node.partial_names(),
+        node.log()
+    );
+}
+
+/// After whatever the test did, a normal upload with `protocol` ("scp": `scp -O`,
+/// "sftp": `scp` in SFTP mode) still works and lands.
+pub fn assert_still_serves(node: &Node, protocol: &str) {
+    let before = node.landed().len();
+    let f = node.src.join(format!("after-{}.bin", unique_token()));
+    let content = random_file(&f, 10_000);
+    let args = [path_str(&f), &node.target("alice", "")];
+    let out = if protocol == "scp" {
+        node.scp_o(&args)
+    } else {
+        node.scp_sftp(&args)
+    };
+    assert!(
+        out.status.success(),
+        "follow-up upload failed:\n{}\nnode log:\n{}",
+        show(&out),
+        node.log()
+    );
+    let landed = node.landed();
+    assert_eq!(landed.len(), before + 1, "the follow-up upload landed once");
+    let name = f.file_name().unwrap().to_str().unwrap();
+    assert_entry(find_one(&landed, name), &content, name, protocol);
+}
+
+/// Regular files in the forward dir: name → content (temporary names included, so
+/// tests can assert there are none), sorted by name.
+pub fn forwarded(node: &Node) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&node.outgoing)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
