@@ -264,6 +264,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// BLAKE3 (lowercase hex) and length of everything `r` yields.
+pub fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finalize().to_hex().to_string(), n))
+}
+
 /// Read an entry's record.
 pub fn read_record(entry_dir: &Path) -> io::Result<Record> {
     let t = fs::read(entry_dir.join(RECORD))?;
@@ -342,20 +360,11 @@ impl Partial {
     }
 
     fn complete_in(&mut self, dir: &Path) -> io::Result<Staged> {
-        let hash = if self.hashed == self.len {
-            self.hasher.finalize()
+        let blake3 = if self.hashed == self.len {
+            self.hasher.finalize().to_hex().to_string()
         } else {
-            let mut h = blake3::Hasher::new();
             self.file.seek(SeekFrom::Start(0))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = self.file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            h.finalize()
+            hash_reader(&self.file)?.0
         };
         if let (Some(m), a) = (self.info.mtime, self.info.atime) {
             let ts = |s: i64| nix::sys::time::TimeSpec::new(s, 0);
@@ -379,7 +388,7 @@ impl Partial {
             mode: self.info.mode & 0o777,
             mtime: self.info.mtime,
             atime: self.info.atime,
-            blake3: hash.to_hex().to_string(),
+            blake3,
             remote_addr: self.info.remote_addr.clone(),
             received_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             protocol: self.info.protocol.to_string(),

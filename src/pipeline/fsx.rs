@@ -3,9 +3,9 @@
 //! "the target is unavailable" (an outage: retried, not counted) and
 //! "this entry failed" (counted towards quarantine).
 
-use crate::spool::fsync_dir;
+use crate::spool::{fsync_dir, hash_reader};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -150,23 +150,6 @@ pub fn create_dirs_durable(root: &Path, dir: &Path) -> io::Result<()> {
 pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
     let f = File::open(path)?;
     hash_reader(f)
-}
-
-pub fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut n = 0u64;
-    loop {
-        let k = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((h.finalize().to_hex().to_string(), n))
 }
 
 /// Which side of a copy an error came from.

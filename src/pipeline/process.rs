@@ -308,7 +308,7 @@ fn collect_products(base: &Path, dir: &Path, out: &mut Vec<Product>) -> Result<(
             collect_products(base, &p, out)?;
         } else if ft.is_file() {
             let f = fs::File::open(&p).map_err(err)?;
-            let (blake3, size) = fsx::hash_reader(&f).map_err(err)?;
+            let (blake3, size) = crate::spool::hash_reader(&f).map_err(err)?;
             f.sync_all().map_err(err)?;
             out.push(Product {
                 path: rel,
