@@ -69,10 +69,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let tx = ingestd::shutdown::Shutdown::new();
     let count = |p: &std::path::Path| std::fs::read_dir(p).map(|r| r.count()).unwrap_or(0);
     let t1 = Instant::now();
-    let h = rt.spawn(pipeline::run(cfg.clone(), spool.clone(), rx));
+    let h = rt.spawn(pipeline::run(cfg.clone(), spool.clone(), tx.clone()));
     loop {
         let fwd = count(&cfg.forward.dir);
         let left: usize = [READY, ARCHIVED, PROCESSED]
@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let drain = t1.elapsed();
-    let _ = tx.send(true);
+    tx.trigger();
     rt.block_on(h)?;
     println!(
         "files={n} size={size} land={:.3}s drain={:.3}s rate={:.0} files/s ({:.1} MiB/s)",

@@ -1,21 +1,15 @@
 //! ingestd: durable high-volume file ingest over SCP and SFTP.
-//! See ARCHITECTURE.md for the module map and the invariants.
+//! See ARCHITECTURE.md for the code map and the invariants.
+//!
+//! The library is the whole node; `main.rs` only calls [`cli::main`]. Modules are
+//! public only where the binary, the integration tests or the benchmarks need them.
 
-pub mod admin;
-pub mod auth;
+pub(crate) mod app;
+pub mod cli;
 pub mod config;
-pub mod exec_cmd;
-pub mod health;
-pub mod hostkey;
-pub mod inbox;
+pub mod core;
+pub(crate) mod ingest;
+pub(crate) mod ops;
 pub mod pipeline;
-pub mod record;
-pub mod scp_proto;
-pub mod scp_sink;
-pub mod server;
-pub mod sftp;
+pub mod shutdown;
 pub mod spool;
-pub mod units;
-pub mod vfs;
-pub mod vpath;
-pub mod writer;

@@ -29,7 +29,7 @@ fn forwarded_named<'a>(fwd: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a (Str
 }
 
 /// Every landed entry ever seen, via the archive's record files.
-fn archived_records(node: &Node) -> Vec<ingestd::record::Record> {
+fn archived_records(node: &Node) -> Vec<ingestd::core::record::Record> {
     let mut out = Vec::new();
     let mut stack = vec![node.archive.clone()];
     while let Some(d) = stack.pop() {
@@ -43,7 +43,7 @@ fn archived_records(node: &Node) -> Vec<ingestd::record::Record> {
             }
         }
     }
-    out.sort_by(|a: &ingestd::record::Record, b| a.path.cmp(&b.path));
+    out.sort_by(|a: &ingestd::core::record::Record, b| a.path.cmp(&b.path));
     out
 }
 

@@ -188,7 +188,7 @@ printf '%s\n' "name=$INGEST_NAME" "user=$INGEST_USER" "size=$INGEST_SIZE" "blake
             .iter()
             .find(|p| p.ends_with(&format!("/{name}.record.json")))
             .unwrap();
-        let rec: ingestd::record::Record =
+        let rec: ingestd::core::record::Record =
             serde_json::from_slice(&fs::read(node.archive.join(rec_path)).unwrap()).unwrap();
         assert_eq!(rec.path, *name);
         assert_eq!(rec.user, USER);

@@ -1231,7 +1231,7 @@ fn sftp_upload_reaches_archive_and_forward() {
         "archive layout: {rel:?}"
     );
     let rec_path = archived.with_file_name("e2e file.bin.record.json");
-    let rec: ingestd::record::Record =
+    let rec: ingestd::core::record::Record =
         serde_json::from_slice(&fs::read(&rec_path).unwrap()).unwrap();
     assert_eq!(rec.path, "e2e file.bin");
     assert_eq!(rec.protocol, "sftp");

@@ -10,65 +10,12 @@
 use super::fsx::{self, CopyError, StepError};
 use super::state;
 use crate::config::Config;
-use crate::record::Record;
+use crate::core::naming::{record_path, render_layout};
+use crate::core::record::Record;
 use crate::spool::{fsync_dir, read_record, DATA, READY};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Render `layout` for a record: `{date}` (UTC YYYY-MM-DD of landing), `{node}`,
-/// `{id}`, `{user}`, `{name}` (sender path, '/' kept). Errors on a result that
-/// would escape the archive (empty, `.` or `..` components).
-pub fn render_layout(layout: &str, rec: &Record) -> Result<PathBuf, String> {
-    let date = landing_date(rec);
-    let clean = |s: &str| -> String {
-        let s = s.replace('/', "_");
-        if s.is_empty() || s == "." || s == ".." {
-            "_".to_string()
-        } else {
-            s
-        }
-    };
-    let out = layout
-        .replace("{date}", &date)
-        .replace("{node}", &clean(&rec.node))
-        .replace("{id}", &clean(&rec.id))
-        .replace("{user}", &clean(&rec.user))
-        .replace("{name}", &rec.path);
-    let mut p = PathBuf::new();
-    for c in out.split('/') {
-        if c.is_empty() || c == "." || c == ".." || c.contains('\0') {
-            return Err(format!(
-                "archive path {out:?} (layout {layout:?}) has an empty, '.' or '..' component"
-            ));
-        }
-        p.push(c);
-    }
-    Ok(p)
-}
-
-/// UTC date of landing, from `received_at` (RFC 3339), else from the id's ULID.
-fn landing_date(rec: &Record) -> String {
-    let d = rec.received_at.get(..10).unwrap_or("");
-    let ok = d.len() == 10
-        && d.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    if ok {
-        return d.to_string();
-    }
-    let t = rec
-        .id
-        .rsplit_once('-')
-        .and_then(|(_, u)| ulid::Ulid::from_string(u).ok())
-        .map(|u| u.datetime())
-        .unwrap_or_else(std::time::SystemTime::now);
-    humantime::format_rfc3339(t).to_string()[..10].to_string()
-}
 
 /// Where the archive copy of `rec` lives.
 pub fn archive_path(cfg: &Config, rec: &Record) -> Result<PathBuf, String> {
@@ -76,13 +23,6 @@ pub fn archive_path(cfg: &Config, rec: &Record) -> Result<PathBuf, String> {
         .archive
         .dir
         .join(render_layout(&cfg.archive.layout, rec)?))
-}
-
-/// `<archive path>.record.json`
-pub fn record_path(archived: &Path) -> PathBuf {
-    let mut s = archived.as_os_str().to_os_string();
-    s.push(".record.json");
-    PathBuf::from(s)
 }
 
 /// Archive `ready/<id>` and rename it to `<to_state>/<id>` (`archived`, or
@@ -140,52 +80,4 @@ fn write_synced(tmp: &Path, dst: &Path, rec: &Record) -> std::io::Result<()> {
         let _ = fs::remove_file(tmp);
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec() -> Record {
-        Record {
-            id: "n1-01JABCDEFGHJKMNPQRSTVWXYZ0".into(),
-            node: "n1".into(),
-            user: "alice".into(),
-            path: "dir/sub/file.txt".into(),
-            size: 3,
-            mode: 0o644,
-            mtime: None,
-            atime: None,
-            blake3: String::new(),
-            remote_addr: "x".into(),
-            received_at: "2024-05-06T07:08:09.123Z".into(),
-            protocol: "scp".into(),
-        }
-    }
-
-    #[test]
-    fn layout_rendering() {
-        let r = rec();
-        assert_eq!(
-            render_layout("{date}/{node}/{id}/{name}", &r).unwrap(),
-            PathBuf::from("2024-05-06/n1/n1-01JABCDEFGHJKMNPQRSTVWXYZ0/dir/sub/file.txt")
-        );
-        assert_eq!(
-            render_layout("{user}/{id}-{name}", &r).unwrap(),
-            PathBuf::from("alice/n1-01JABCDEFGHJKMNPQRSTVWXYZ0-dir/sub/file.txt")
-        );
-        let mut bad = rec();
-        bad.path = "../etc/passwd".into();
-        assert!(render_layout("{id}/{name}", &bad).is_err());
-        let mut odd = rec();
-        odd.user = "..".into();
-        odd.received_at = "garbage".into();
-        let p = render_layout("{date}/{user}/{id}", &odd).unwrap();
-        assert!(p.to_str().unwrap().starts_with("20"), "{p:?}");
-        assert!(p.to_str().unwrap().contains("/_/"));
-        assert_eq!(
-            record_path(Path::new("/a/b.txt")),
-            PathBuf::from("/a/b.txt.record.json")
-        );
-    }
 }

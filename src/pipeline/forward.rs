@@ -10,32 +10,11 @@
 //! torn file under a final name.
 
 use super::fsx::{self, CopyError, StepError};
-use super::process::{self, OUT};
+use super::products::{self, OUT};
 use crate::config::Config;
+use crate::core::naming::forward_name;
 use crate::spool::{fsync_dir, read_record, DATA, PROCESSED, WORK};
 use std::path::{Path, PathBuf};
-
-/// Longest file name most file systems accept.
-const NAME_MAX: usize = 255;
-
-/// The forward name of product `rel` (path relative to `out/`, or the landed file's
-/// name) of entry `id`. Names longer than 255 bytes keep the id, a 16-hex-digit
-/// BLAKE3 of `rel` and as much of the end of the flattened name as fits.
-pub fn forward_name(id: &str, rel: &str) -> String {
-    let flat = rel.replace('/', "__");
-    let name = format!("{id}__{flat}");
-    if name.len() <= NAME_MAX {
-        return name;
-    }
-    let h = &blake3::hash(rel.as_bytes()).to_hex()[..16];
-    let head = format!("{id}__{h}__");
-    let room = NAME_MAX.saturating_sub(head.len());
-    let mut start = flat.len().saturating_sub(room);
-    while !flat.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("{head}{}", &flat[start..])
-}
 
 struct Item {
     src: PathBuf,
@@ -50,7 +29,7 @@ pub fn forward(cfg: &Config, spool_root: &Path, id: &str) -> Result<(), StepErro
     let rec = read_record(&entry).map_err(|e| fsx::spool_error("reading record", &entry, e))?;
     let out = entry.join(OUT);
     let items: Vec<Item> = if out.is_dir() {
-        process::load_products(&entry)
+        products::load_products(&entry)
             .map_err(|e| fsx::spool_error("reading products", &entry, e))?
             .into_iter()
             .map(|p| Item {
@@ -98,21 +77,4 @@ pub fn forward(cfg: &Config, spool_root: &Path, id: &str) -> Result<(), StepErro
     fsx::remove_entry(&entry, &spool_root.join(PROCESSED), &scratch)
         .map_err(|e| fsx::spool_error("removing entry", &entry, e))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(forward_name("n1-X", "a.txt"), "n1-X__a.txt");
-        assert_eq!(forward_name("n1-X", "d/e/f.csv"), "n1-X__d__e__f.csv");
-        let long = "é".repeat(200) + "/tail.bin";
-        let n = forward_name("n1-X", &long);
-        assert!(n.len() <= NAME_MAX, "{}", n.len());
-        assert!(n.starts_with("n1-X__") && n.ends_with("__tail.bin"));
-        assert_eq!(n, forward_name("n1-X", &long));
-        assert_ne!(n, forward_name("n1-X", &("é".repeat(201) + "/tail.bin")));
-    }
 }

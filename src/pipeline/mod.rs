@@ -33,18 +33,21 @@ pub mod archive;
 pub mod forward;
 pub mod fsx;
 pub mod process;
+pub mod products;
 pub mod state;
 
 use crate::config::Config;
-use crate::record::Attempt;
+use crate::core::record::Attempt;
+use crate::shutdown::Shutdown;
 use crate::spool::{Spool, ARCHIVED, PROCESSED, READY};
 use fsx::StepError;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -78,20 +81,20 @@ struct Stage {
     outages: AtomicU32,
     /// Unix ms before which no entry is handed out (outage pause).
     pause_until_ms: AtomicU64,
-    active: AtomicUsize,
 }
 
 struct Shared {
     cfg: Arc<Config>,
     spool: Arc<Spool>,
-    stop: AtomicBool,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
+    /// The steps in flight; waited for at shutdown.
+    steps: TaskTracker,
 }
 
-/// Run the pipeline until `shutdown` becomes true; then stop handing out work, let
+/// Run the pipeline until `shutdown` is triggered; then stop handing out work, let
 /// the steps in flight finish (process commands are killed: they rerun after the
 /// restart, uncounted) and return.
-pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: watch::Receiver<bool>) {
+pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: Shutdown) {
     // The target roots are created once, here; later a missing root is an outage.
     {
         let dirs = [cfg.archive.dir.clone(), cfg.forward.dir.clone()];
@@ -119,7 +122,6 @@ pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: watch::Receiver<
             next,
             outages: AtomicU32::new(0),
             pause_until_ms: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
         })
     };
     let (after_archive, process_workers) = match &cfg.process {
@@ -152,8 +154,8 @@ pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: watch::Receiver<
     let sh = Arc::new(Shared {
         cfg,
         spool,
-        stop: AtomicBool::new(false),
         shutdown: shutdown.clone(),
+        steps: TaskTracker::new(),
     });
     tracing::info!("pipeline started");
     let scanners: Vec<_> = stages
@@ -161,26 +163,22 @@ pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: watch::Receiver<
         .map(|st| tokio::spawn(stage_loop(sh.clone(), st.clone())))
         .collect();
 
-    let mut sd = shutdown;
-    let _ = sd.wait_for(|v| *v).await;
-    sh.stop.store(true, Ordering::SeqCst);
+    shutdown.stopped().await;
     for st in &stages {
         st.sem.close();
     }
     for s in scanners {
         let _ = s.await;
     }
-    while stages.iter().any(|s| s.active.load(Ordering::SeqCst) > 0) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sh.steps.close();
+    sh.steps.wait().await;
     tracing::info!("pipeline stopped");
 }
 
 async fn stage_loop(sh: Arc<Shared>, st: Arc<Stage>) {
-    let mut shutdown = sh.shutdown.clone();
     let rescan = sh.cfg.pipeline.rescan_interval.0;
     loop {
-        if *shutdown.borrow() || sh.stop.load(Ordering::SeqCst) {
+        if sh.shutdown.is_stopping() {
             break;
         }
         let now = state::now_ms();
@@ -202,11 +200,7 @@ async fn stage_loop(sh: Arc<Shared>, st: Arc<Stage>) {
         tokio::select! {
             _ = st.notify.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
-            r = shutdown.changed() => {
-                if r.is_err() {
-                    break; // the sender is gone: shutting down
-                }
-            }
+            _ = sh.shutdown.stopped() => break,
         }
     }
 }
@@ -225,7 +219,7 @@ fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle)
     let mut earliest: Option<u64> = None;
     let mut note = |t: u64| earliest = Some(earliest.map_or(t, |e: u64| e.min(t)));
     for e in rd {
-        if sh.stop.load(Ordering::SeqCst) {
+        if sh.shutdown.is_stopping() {
             break;
         }
         let Ok(e) = e else { continue };
@@ -259,14 +253,14 @@ fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle)
             Ok(p) => p,
             Err(_) => break, // closed: shutting down
         };
-        if sh.stop.load(Ordering::SeqCst) {
+        if sh.shutdown.is_stopping() {
             break;
         }
         if !st.inflight.lock().unwrap().insert(id.clone()) {
             continue;
         }
-        st.active.fetch_add(1, Ordering::SeqCst);
-        handle.spawn(run_one(sh.clone(), st.clone(), id, permit));
+        let _guard = handle.enter();
+        sh.steps.spawn(run_one(sh.clone(), st.clone(), id, permit));
     }
     earliest
 }
@@ -372,7 +366,6 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
         }
     }
     st.inflight.lock().unwrap().remove(&id);
-    st.active.fetch_sub(1, Ordering::SeqCst);
     drop(permit);
 }
 

@@ -26,11 +26,12 @@
 //! and the entry is renamed `archived/<id>` → `processed/<id>`.
 
 use super::fsx::{self, Failure, StepError};
+use super::products::{Product, OUT, PRODUCTS};
 use super::state;
 use crate::config::ProcessConfig;
-use crate::record::Record;
+use crate::core::record::Record;
+use crate::shutdown::Shutdown;
 use crate::spool::{fsync_dir, read_record, write_atomic, ARCHIVED, DATA, PROCESSED, WORK};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
@@ -39,23 +40,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
 
 /// Bytes of stderr kept with a failed attempt.
 pub const STDERR_TAIL: usize = 4096;
-/// Manifest of products beside `out/`.
-pub const PRODUCTS: &str = "products.json";
-pub const OUT: &str = "out";
-
-/// One product of the process step (a regular file under `out/`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Product {
-    /// Relative path under `out/`, '/'-separated.
-    pub path: String,
-    pub size: u64,
-    pub blake3: String,
-}
-
 /// Entry without a process command: the landed file is the product.
 pub fn identity(spool_root: &Path, id: &str) -> Result<(), StepError> {
     let entry = spool_root.join(ARCHIVED).join(id);
@@ -78,7 +65,7 @@ pub async fn process(
     pc: &ProcessConfig,
     spool_root: &Path,
     id: &str,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), StepError> {
     let entry = spool_root.join(ARCHIVED).join(id);
     let (rec, attempt, outdir) = {
@@ -87,7 +74,7 @@ pub async fn process(
         let id = id.to_string();
         blocking(move || prepare(&entry, &work, &id)).await?
     };
-    let res = run_command(pc, &entry.join(DATA), &outdir, &rec, attempt, &mut shutdown).await;
+    let res = run_command(pc, &entry.join(DATA), &outdir, &rec, attempt, &shutdown).await;
     let res = match res {
         Ok(()) => {
             let (root, entry, outdir, id) = (
@@ -141,7 +128,7 @@ pub async fn run_command(
     outdir: &Path,
     rec: &Record,
     attempt: u32,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<(), StepError> {
     let mut cmd = tokio::process::Command::new(&pc.command[0]);
     cmd.args(&pc.command[1..])
@@ -196,7 +183,7 @@ pub async fn run_command(
     let end = tokio::select! {
         r = child.wait() => match r { Ok(s) => End::Exited(s), Err(e) => End::WaitError(e) },
         _ = tokio::time::sleep(timeout) => End::Timeout,
-        _ = shutdown.wait_for(|v| *v) => End::Shutdown,
+        _ = shutdown.stopped() => End::Shutdown,
     };
     // Whatever happened, nothing of the group may outlive the attempt.
     if let Some(pg) = pgid {
@@ -264,7 +251,7 @@ fn finish(spool_root: &Path, entry: &Path, outdir: &Path, id: &str) -> Result<()
     // Forward names must be distinct (they are flattened).
     let mut names = HashSet::new();
     for p in &products {
-        if !names.insert(super::forward::forward_name(id, &p.path)) {
+        if !names.insert(crate::core::naming::forward_name(id, &p.path)) {
             return Err(StepError::failed(format!(
                 "two products map to the same forward name: {:?}",
                 p.path
@@ -324,44 +311,10 @@ fn collect_products(base: &Path, dir: &Path, out: &mut Vec<Product>) -> Result<(
     fsync_dir(dir).map_err(err)
 }
 
-/// The products of a processed entry: `products.json` if present, else a listing of
-/// `out/` (without hashes).
-pub fn load_products(entry: &Path) -> io::Result<Vec<Product>> {
-    match fs::read(entry.join(PRODUCTS)) {
-        Ok(t) => {
-            serde_json::from_slice(&t).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut v = Vec::new();
-            list_out(&entry.join(OUT), &entry.join(OUT), &mut v)?;
-            v.sort_by(|a, b| a.path.cmp(&b.path));
-            Ok(v)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn list_out(base: &Path, dir: &Path, v: &mut Vec<Product>) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            list_out(base, &p, v)?;
-        } else if let Some(rel) = p.strip_prefix(base).ok().and_then(|r| r.to_str()) {
-            v.push(Product {
-                path: rel.to_string(),
-                size: e.metadata()?.len(),
-                blake3: String::new(),
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::HumanDuration;
+    use crate::core::units::HumanDuration;
     use std::time::Instant;
 
     fn rec() -> Record {
@@ -396,14 +349,12 @@ mod tests {
         fs::write(&input, b"hello").unwrap();
         let out = t.path().join("out");
         fs::create_dir(&out).unwrap();
-        let (_tx, mut rx) = watch::channel(false);
+        let rx = Shutdown::new();
         let p = pc(
             r#"set -e; env | grep '^INGEST_' | sort > "$INGEST_OUTPUT_DIR/env"; mkdir "$INGEST_OUTPUT_DIR/sub"; cat "$INGEST_INPUT" > "$INGEST_OUTPUT_DIR/sub/copy""#,
             Duration::from_secs(10),
         );
-        run_command(&p, &input, &out, &rec(), 2, &mut rx)
-            .await
-            .unwrap();
+        run_command(&p, &input, &out, &rec(), 2, &rx).await.unwrap();
         let env = fs::read_to_string(out.join("env")).unwrap();
         for want in [
             format!("INGEST_INPUT={}", input.display()),
@@ -428,12 +379,12 @@ mod tests {
     #[tokio::test]
     async fn failure_keeps_exit_code_and_stderr_tail() {
         let t = tempfile::tempdir().unwrap();
-        let (_tx, mut rx) = watch::channel(false);
+        let rx = Shutdown::new();
         let p = pc(
             "i=0; while [ $i -lt 2000 ]; do echo line $i >&2; i=$((i+1)); done; echo LAST >&2; exit 3",
             Duration::from_secs(10),
         );
-        let e = run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx)
+        let e = run_command(&p, t.path(), t.path(), &rec(), 1, &rx)
             .await
             .unwrap_err();
         match e {
@@ -448,7 +399,7 @@ mod tests {
             e => panic!("{e:?}"),
         }
         let p = pc("kill -TERM $$", Duration::from_secs(10));
-        match run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx).await {
+        match run_command(&p, t.path(), t.path(), &rec(), 1, &rx).await {
             Err(StepError::Failed(f)) => assert!(f.reason.contains("SIGTERM"), "{f:?}"),
             e => panic!("{e:?}"),
         }
@@ -457,7 +408,7 @@ mod tests {
             ..pc("", Duration::from_secs(1))
         };
         assert!(matches!(
-            run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx).await,
+            run_command(&p, t.path(), t.path(), &rec(), 1, &rx).await,
             Err(StepError::Failed(_))
         ));
     }
@@ -466,7 +417,7 @@ mod tests {
     async fn timeout_kills_the_whole_group() {
         let t = tempfile::tempdir().unwrap();
         let pidfile = t.path().join("pid");
-        let (_tx, mut rx) = watch::channel(false);
+        let rx = Shutdown::new();
         // a grandchild that would outlive a plain kill of the direct child
         let p = pc(
             &format!(
@@ -476,7 +427,7 @@ mod tests {
             Duration::from_millis(300),
         );
         let t0 = Instant::now();
-        let e = run_command(&p, t.path(), t.path(), &rec(), 1, &mut rx)
+        let e = run_command(&p, t.path(), t.path(), &rec(), 1, &rx)
             .await
             .unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(5));
@@ -504,14 +455,15 @@ mod tests {
     #[tokio::test]
     async fn shutdown_interrupts() {
         let t = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = watch::channel(false);
+        let rx = Shutdown::new();
+        let tx = rx.clone();
         let p = pc("sleep 30", Duration::from_secs(60));
         let h = tokio::spawn({
             let path = t.path().to_path_buf();
-            async move { run_command(&p, &path, &path, &rec(), 1, &mut rx).await }
+            async move { run_command(&p, &path, &path, &rec(), 1, &rx).await }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        tx.send(true).unwrap();
+        tx.trigger();
         let r = tokio::time::timeout(Duration::from_secs(5), h)
             .await
             .unwrap()

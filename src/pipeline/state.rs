@@ -5,7 +5,7 @@
 //! [`write_atomic`], so a reader sees the old or the new version, never a torn one.
 
 use crate::config::RetryConfig;
-use crate::record::{Attempt, EntryState};
+use crate::core::record::{Attempt, EntryState};
 use crate::spool::{fsync_dir, write_atomic, ARCHIVED, PROCESSED, QUARANTINE, READY, STATE};
 use rand::RngExt;
 use std::fs;
@@ -197,7 +197,7 @@ pub fn requeue(spool_root: &Path, id: &str) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::HumanDuration;
+    use crate::core::units::HumanDuration;
 
     fn retry(max: u32) -> RetryConfig {
         RetryConfig {

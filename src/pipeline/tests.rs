@@ -42,13 +42,13 @@ impl Env {
         self.t.path().join(p)
     }
 
-    fn land(&self, name: &str, data: &[u8]) -> crate::record::Record {
+    fn land(&self, name: &str, data: &[u8]) -> crate::core::record::Record {
         land(&self.spool, name, data)
     }
 
-    fn start(&self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = watch::channel(false);
-        let h = tokio::spawn(run(self.cfg.clone(), self.spool.clone(), rx));
+    fn start(&self) -> (Shutdown, tokio::task::JoinHandle<()>) {
+        let tx = Shutdown::new();
+        let h = tokio::spawn(run(self.cfg.clone(), self.spool.clone(), tx.clone()));
         (tx, h)
     }
 
@@ -78,7 +78,7 @@ impl Env {
     }
 }
 
-fn land(spool: &Spool, name: &str, data: &[u8]) -> crate::record::Record {
+fn land(spool: &Spool, name: &str, data: &[u8]) -> crate::core::record::Record {
     let mut p = spool
         .begin(Incoming {
             user: "alice".into(),
@@ -102,8 +102,8 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
-async fn stop(tx: watch::Sender<bool>, h: tokio::task::JoinHandle<()>) {
-    tx.send(true).unwrap();
+async fn stop(tx: Shutdown, h: tokio::task::JoinHandle<()>) {
+    tx.trigger();
     tokio::time::timeout(Duration::from_secs(10), h)
         .await
         .expect("pipeline did not stop")
@@ -142,8 +142,9 @@ async fn no_process_archives_and_forwards_the_file() {
         assert_eq!(&got.1, data);
         let a = archive::archive_path(&env.cfg, rec).unwrap();
         assert_eq!(&fs::read(&a).unwrap(), data);
-        let r: crate::record::Record =
-            serde_json::from_slice(&fs::read(archive::record_path(&a)).unwrap()).unwrap();
+        let r: crate::core::record::Record =
+            serde_json::from_slice(&fs::read(crate::core::naming::record_path(&a)).unwrap())
+                .unwrap();
         assert_eq!(&r, rec);
         // mtime carried to the copies
         let m = fs::metadata(&a).unwrap().modified().unwrap();
@@ -382,7 +383,7 @@ async fn resumes_from_every_crash_point() {
     let r3 = env.land("three", b"3333");
     archive::archive(&env.cfg, &root, &r3.id, ARCHIVED).unwrap();
     let pc = env.cfg.process.clone().unwrap();
-    let (_stx, srx) = watch::channel(false);
+    let srx = Shutdown::new();
     process::process(&pc, &root, &r3.id, srx.clone())
         .await
         .unwrap();

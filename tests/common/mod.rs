@@ -7,7 +7,7 @@
 //! Tests never skip: a missing tool fails the test ([`require_tool`]).
 #![allow(dead_code)]
 
-use ingestd::record::Record;
+use ingestd::core::record::Record;
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};

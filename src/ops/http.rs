@@ -2,14 +2,15 @@
 //! accepts uploads, 503 while it is stopping) and Prometheus metrics
 //! (`GET /metrics`). Deliberately tiny: one request per connection, no keep-alive.
 
-use crate::server::Shared;
+use crate::ingest::context::Shared;
+use crate::shutdown::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: watch::Receiver<bool>) {
+/// Serve until the process exits: it keeps answering (503) while the node drains.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: Shutdown) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
@@ -25,7 +26,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: watch::
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = match path {
-                "/health" if *stopping.borrow() => {
+                "/health" if stopping.is_stopping() => {
                     ("503 Service Unavailable", "stopping\n".to_string())
                 }
                 "/health" => ("200 OK", "ok\n".to_string()),

@@ -5,11 +5,11 @@
 //! through the shared spool path when it is closed, or, if its name matches
 //! `sftp.temp_patterns`, when it is renamed to its final name.
 
-use crate::server::Shared;
+use crate::core::vpath;
+use crate::ingest::context::Shared;
+use crate::ingest::vfs::Node;
+use crate::ingest::writer::{FileWriter, Finish};
 use crate::spool::{Incoming, DATA, STATES};
-use crate::vfs::Node;
-use crate::vpath;
-use crate::writer::{FileWriter, Finish};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf};

@@ -22,8 +22,11 @@
 //! (at-least-once; never lost). Everything runs on one blocking thread.
 
 use crate::config::InboxConfig;
+use crate::core::record::Record;
+use crate::core::vpath;
+use crate::ingest::context::Shared;
+use crate::shutdown::Shutdown;
 use crate::spool::{fsync_dir, Incoming, Refusal, Spool, Staged};
-use crate::vpath;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -34,7 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
 
 /// Last-component patterns of files still being written by their producer.
 pub const TEMP_PATTERNS: &[&str] = &[
@@ -58,19 +60,19 @@ enum Msg {
     Stop,
 }
 
-pub async fn run(cfg: InboxConfig, spool: Arc<Spool>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(cfg: InboxConfig, ctx: Arc<Shared>, shutdown: Shutdown) {
     let (tx, rx) = mpsc::sync_channel::<Msg>(EVENT_QUEUE);
     let overflow = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
     let worker = {
-        let (tx, overflow, stop) = (tx.clone(), overflow.clone(), stop.clone());
+        let (tx, overflow, stop) = (tx.clone(), overflow.clone(), shutdown.clone());
+        let spool = ctx.spool.clone();
+        let landed: Landed = Arc::new(move |r: &Record, t: Instant| ctx.landed(r, t));
         tokio::task::spawn_blocking(move || {
-            let mut ib = Inbox::new(cfg, spool, overflow, stop);
+            let mut ib = Inbox::new(cfg, spool, landed, overflow, stop);
             ib.run(tx, rx);
         })
     };
-    let _ = shutdown.wait_for(|v| *v).await;
-    stop.store(true, Ordering::SeqCst);
+    shutdown.stopped().await;
     let _ = tx.try_send(Msg::Stop);
     let _ = worker.await;
 }
@@ -111,10 +113,15 @@ pub(crate) struct Inbox {
     pending: HashMap<String, Obs>,
     /// Files refused for good (too large), with the version refused; bounded.
     refused: HashMap<String, Key>,
+    /// The landing fan-out (log line, metrics, view): `Shared::landed`.
+    landed: Landed,
     overflow: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     settle_ms: u64,
 }
+
+/// What runs after each landing.
+pub(crate) type Landed = Arc<dyn Fn(&Record, Instant) + Send + Sync>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -147,14 +154,16 @@ impl Inbox {
     pub(crate) fn new(
         cfg: InboxConfig,
         spool: Arc<Spool>,
+        landed: Landed,
         overflow: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
+        stop: Shutdown,
     ) -> Inbox {
         Inbox {
             dir: cfg.dir.clone(),
             settle_ms: cfg.settle.0.as_millis() as u64,
             cfg,
             spool,
+            landed,
             pending: HashMap::new(),
             refused: HashMap::new(),
             overflow,
@@ -184,7 +193,7 @@ impl Inbox {
         let tick = Duration::from_millis((self.settle_ms / 4).clamp(50, 1000));
         let rescan_every = self.cfg.rescan_interval.0;
         let mut next_rescan = Instant::now();
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stop.is_stopping() {
             if Instant::now() >= next_rescan || self.overflow.swap(false, Ordering::SeqCst) {
                 self.rescan();
                 next_rescan = Instant::now() + rescan_every;
@@ -335,7 +344,7 @@ impl Inbox {
     /// Land every pending file that is complete, in group commits of [`BATCH`].
     fn land_due(&mut self) {
         loop {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.stop.is_stopping() {
                 return;
             }
             let now = now_ms();
@@ -404,12 +413,14 @@ impl Inbox {
         if staged.is_empty() {
             return;
         }
-        let (meta, items): (Vec<(String, Key)>, Vec<Staged>) =
-            staged.into_iter().map(|(r, k, s)| ((r, k), s)).unzip();
+        let (meta, items): (Vec<(String, Key, Instant)>, Vec<Staged>) = staged
+            .into_iter()
+            .map(|(r, k, s)| ((r, k, s.started), s))
+            .unzip();
         match self.spool.commit(items) {
             Ok(records) => {
                 let mut dirs = HashSet::new();
-                for ((rel, key), rec) in meta.into_iter().zip(records) {
+                for ((rel, key, started), rec) in meta.into_iter().zip(records) {
                     self.pending.remove(&rel);
                     let p = self.dir.join(&rel);
                     // remove only the file we landed, not one renamed over it since
@@ -424,7 +435,7 @@ impl Inbox {
                     if let Some(parent) = p.parent() {
                         dirs.insert(parent.to_path_buf());
                     }
-                    tracing::info!(id = %rec.id, path = %rel, size = rec.size, "inbox: landed");
+                    (self.landed)(&rec, started);
                 }
                 for d in dirs {
                     let _ = fsync_dir(&d);
@@ -432,7 +443,7 @@ impl Inbox {
             }
             Err(e) => {
                 tracing::error!("inbox: commit failed: {e}; will retry");
-                for (rel, _) in meta {
+                for (rel, _, _) in meta {
                     if let Some(o) = self.pending.get_mut(&rel) {
                         o.since_ms = now_ms();
                     }
@@ -513,7 +524,7 @@ impl NoFollow for fs::OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::HumanDuration;
+    use crate::core::units::HumanDuration;
 
     fn setup(settle_ms: u64) -> (tempfile::TempDir, Inbox) {
         let t = tempfile::tempdir().unwrap();
@@ -529,13 +540,14 @@ mod tests {
         let ib = Inbox::new(
             cfg,
             spool,
+            Arc::new(|_: &Record, _: Instant| {}),
             Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
+            Shutdown::new(),
         );
         (t, ib)
     }
 
-    fn ready(t: &tempfile::TempDir) -> Vec<crate::record::Record> {
+    fn ready(t: &tempfile::TempDir) -> Vec<crate::core::record::Record> {
         let d = t.path().join("spool/ready");
         let mut v: Vec<_> = fs::read_dir(&d)
             .unwrap()

@@ -3,12 +3,12 @@
 //! [`FileWriter`], and group-commits the session's files before it reports
 //! `exit-status 0`. Any refusal is sent as SCP's `\x01`/`\x02` + "scp: ..." line.
 
-use crate::exec_cmd::ScpArgs;
-use crate::scp_proto::{parse_control, Control, LineBuf};
-use crate::server::Shared;
+use crate::core::scp::exec::ScpArgs;
+use crate::core::scp::frame::{parse_control, Control, LineBuf};
+use crate::core::vpath;
+use crate::ingest::context::Shared;
+use crate::ingest::writer::FileWriter;
 use crate::spool::{Incoming, Refusal, Staged};
-use crate::vpath;
-use crate::writer::FileWriter;
 use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -55,7 +55,7 @@ impl Input {
     }
 
     /// Next control line; `Ok(None)` at EOF between messages.
-    async fn line(&mut self) -> Result<Option<Vec<u8>>, crate::scp_proto::ProtoError> {
+    async fn line(&mut self) -> Result<Option<Vec<u8>>, crate::core::scp::frame::ProtoError> {
         loop {
             if let Some(l) = self.lines.next_line()? {
                 self.buf = Bytes::from(self.lines.take_rest());
@@ -202,7 +202,8 @@ impl Sink {
                     || t == "."
                     || t.ends_with("/.")
                     || self.args.target_should_be_dir
-                    || self.shared.vfs.lookup(&self.user, &r) == Some(crate::vfs::Node::Dir);
+                    || self.shared.vfs.lookup(&self.user, &r)
+                        == Some(crate::ingest::vfs::Node::Dir);
                 self.target = r;
             }
             Err(e) => return self.fatal(&format!("{t}: {e}")).await,

@@ -15,7 +15,7 @@
 //! All blocking functions here must run off the SSH connection loop
 //! (`spawn_blocking` or a dedicated thread).
 
-use crate::record::Record;
+use crate::core::record::Record;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -1,12 +1,12 @@
 //! Legacy SCP sink (`scp -t`) wire format: splitting the byte stream from the
 //! source into control lines ([`LineBuf`]) and parsing one control line
 //! ([`parse_control`]) with OpenSSH scp.c sink semantics, but stricter about
-//! names (every name goes through [`crate::vpath::validate_name`]).
+//! names (every name goes through [`crate::core::vpath::validate_name`]).
 //!
 //! Pure: no I/O, never panics on any input; error Display texts are meant to
 //! be sent to the client after "scp: ".
 
-use crate::vpath::{self, PathError};
+use crate::core::vpath::{self, PathError};
 
 /// Longest accepted control line, in bytes, without its trailing `\n`.
 pub const MAX_LINE: usize = 4096;
@@ -231,7 +231,7 @@ impl LineBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vpath::tests::XorShift;
+    use crate::core::vpath::tests::XorShift;
 
     fn file(mode: u32, size: u64, name: &str) -> Result<Control, ProtoError> {
         Ok(Control::File {

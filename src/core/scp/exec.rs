@@ -116,7 +116,7 @@ pub fn parse_exec(cmd: &[u8]) -> ExecRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vpath::tests::XorShift;
+    use crate::core::vpath::tests::XorShift;
 
     fn sink(r: bool, p: bool, d: bool, v: bool, target: &str) -> ExecRequest {
         ExecRequest::ScpSink(ScpArgs {

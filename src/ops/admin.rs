@@ -8,8 +8,8 @@
 //! (`pipeline.rescan_interval`).
 
 use crate::config::Config;
+use crate::core::record::{EntryState, Record};
 use crate::pipeline::state;
-use crate::record::{EntryState, Record};
 use crate::spool::{read_record, ARCHIVED, PARTIAL, PROCESSED, QUARANTINE, READY};
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -293,7 +293,7 @@ fn retry_to(cfg: &Config, id: Option<&str>, out: &mut impl Write) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Attempt;
+    use crate::core::record::Attempt;
     use crate::spool::{Incoming, Spool};
 
     fn setup() -> (tempfile::TempDir, Config, Spool) {

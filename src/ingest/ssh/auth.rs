@@ -7,7 +7,7 @@
 //! option that would change what it may do (`command=`, `principals=`,
 //! `cert-authority`, `expiry-time=`, ...) is not used, with a warning.
 
-use crate::vpath::glob_match;
+use crate::core::vpath::glob_match;
 use russh::keys::ssh_key::{authorized_keys::AuthorizedKeys, PublicKey};
 use std::net::IpAddr;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! in memory, for `sftp.visible_for`: `stat`/`ls` of a file just uploaded answer
 //! with its size, and `scp host:dir` knows `dir` is a directory.
 
-use crate::record::Record;
+use crate::core::record::Record;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -4,11 +4,11 @@
 //! server; every other exec, shell or pty request is refused. No shell, ever.
 //! Nothing here blocks: disk work runs in the protocol tasks and writer threads.
 
-use crate::auth;
 use crate::config::Config;
-use crate::exec_cmd::{parse_exec, ExecRequest};
-use crate::scp_sink;
-use crate::spool::Spool;
+use crate::core::scp::exec::{parse_exec, ExecRequest};
+use crate::ingest::context::Shared;
+use crate::ingest::ssh::auth;
+use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
 use russh::server::{
@@ -21,39 +21,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-/// State shared by every connection of the node.
-pub struct Shared {
-    pub cfg: Arc<Config>,
-    pub spool: Arc<Spool>,
-    /// Open SSH connections.
-    pub connections: AtomicUsize,
-    /// Each sender's view of what they uploaded recently.
-    pub vfs: crate::vfs::Vfs,
-    pub metrics: Metrics,
-    authorized_keys: Vec<String>,
-}
-
-/// Counters exported on `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub landed_files: std::sync::atomic::AtomicU64,
-    pub landed_bytes: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    pub fn new(cfg: Arc<Config>, spool: Arc<Spool>) -> Arc<Shared> {
-        Arc::new(Shared {
-            authorized_keys: cfg.ssh.authorized_keys.to_vec(),
-            vfs: crate::vfs::Vfs::new(cfg.sftp.visible_for.0),
-            metrics: Metrics::default(),
-            cfg,
-            spool,
-            connections: AtomicUsize::new(0),
-        })
-    }
-}
 
 /// Algorithms: fast AEAD first, no chacha20 (OpenSSH clients would pick it and it
 /// is ~8x slower in russh), no compression; NIST ECDH, DH and AES-CTR + HMAC for
@@ -149,17 +116,19 @@ pub async fn bind(cfg: &Config) -> Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-/// Accept connections until `shutdown` flips; then stop accepting (connections
-/// in flight go on; the caller waits for them via `Shared::connections`).
+/// Accept connections until the node stops. Every connection is a tracked task:
+/// when the node stops, a connection with no upload in flight is closed at once
+/// ("node is stopping"); one with uploads in flight is left to finish them (the
+/// caller bounds that by `ssh.drain_time`) and is closed when they are done.
 pub async fn serve(
     shared: Arc<Shared>,
     config: Arc<russh::server::Config>,
     listeners: Vec<TcpListener>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut tasks = Vec::new();
     for l in listeners {
-        let (shared, config, mut shutdown) = (shared.clone(), config.clone(), shutdown.clone());
+        let (shared, config, sd) = (shared.clone(), config.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let (sock, peer) = tokio::select! {
@@ -171,18 +140,16 @@ pub async fn serve(
                             continue;
                         }
                     },
-                    _ = shutdown.changed() => return,
+                    _ = sd.stopped() => return,
                 };
                 let _ = sock.set_nodelay(true);
-                let handler = Conn::new(shared.clone(), peer);
+                let handler = Conn::new(shared.clone(), peer, sd.clone());
+                let busy = handler.busy.clone();
                 let config = config.clone();
-                tokio::spawn(async move {
+                let sd2 = sd.clone();
+                sd.spawn(async move {
                     match russh::server::run_stream(config, sock, handler).await {
-                        Ok(session) => {
-                            if let Err(e) = session.await {
-                                tracing::debug!(%peer, error = %e, "connection ended with error");
-                            }
-                        }
+                        Ok(session) => connection(session, busy, sd2, peer).await,
                         Err(e) => tracing::debug!(%peer, error = %e, "connection setup failed"),
                     }
                 });
@@ -194,6 +161,42 @@ pub async fn serve(
     }
 }
 
+/// Wait for one connection to end; once the node is stopping, close it as soon
+/// as it has no upload in flight.
+async fn connection(
+    mut session: russh::server::RunningSession<Conn>,
+    busy: Arc<AtomicUsize>,
+    sd: Shutdown,
+    peer: SocketAddr,
+) {
+    let r = tokio::select! {
+        r = &mut session => Some(r),
+        _ = sd.stopped() => None,
+    };
+    let r = match r {
+        Some(r) => r,
+        None => loop {
+            if busy.load(Ordering::SeqCst) == 0 {
+                let _ = session
+                    .handle()
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "ingestd: node is stopping".into(),
+                        "en".into(),
+                    )
+                    .await;
+            }
+            tokio::select! {
+                r = &mut session => break r,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        },
+    };
+    if let Err(e) = r {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
+}
+
 /// One SSH connection.
 pub struct Conn {
     shared: Arc<Shared>,
@@ -202,10 +205,13 @@ pub struct Conn {
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// This connection pushed the count over `ssh.max_sessions`: every request is refused.
     over_limit: bool,
+    /// Protocol tasks (SCP/SFTP channels) running on this connection.
+    busy: Arc<AtomicUsize>,
+    shutdown: Shutdown,
 }
 
 impl Conn {
-    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Conn {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, shutdown: Shutdown) -> Conn {
         let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
         let over_limit = n > shared.cfg.ssh.max_sessions;
         Conn {
@@ -214,6 +220,8 @@ impl Conn {
             user: String::new(),
             channels: HashMap::new(),
             over_limit,
+            busy: Arc::new(AtomicUsize::new(0)),
+            shutdown,
         }
     }
 
@@ -247,6 +255,27 @@ impl Conn {
         session.eof(channel)?;
         session.close(channel)?;
         Ok(())
+    }
+
+    /// Run a protocol task for one channel, tracked by the node's shutdown and
+    /// counted as this connection's work in flight.
+    fn start(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let busy = self.busy.clone();
+        busy.fetch_add(1, Ordering::SeqCst);
+        self.shutdown.spawn(async move {
+            task.await;
+            busy.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Why a new channel request is refused outright, if it is.
+    fn refusal(&self) -> Option<String> {
+        if self.shutdown.is_stopping() {
+            return Some(
+                "ingestd: this node is stopping; try again (another node will take it)".into(),
+            );
+        }
+        self.over_limit.then(|| self.too_many())
     }
 
     fn too_many(&self) -> String {
@@ -346,8 +375,7 @@ impl Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.over_limit {
-            let m = self.too_many();
+        if let Some(m) = self.refusal() {
             return self.refuse(channel, session, &m);
         }
         match parse_exec(data) {
@@ -358,7 +386,7 @@ impl Handler for Conn {
                     return Ok(());
                 };
                 session.channel_success(channel)?;
-                tokio::spawn(scp_sink::run(
+                self.start(super::scp::run(
                     ch,
                     self.shared.clone(),
                     self.user.clone(),
@@ -376,8 +404,7 @@ impl Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.over_limit {
-            let m = self.too_many();
+        if let Some(m) = self.refusal() {
             return self.refuse(channel, session, &m);
         }
         if name == "sftp" {
@@ -386,7 +413,7 @@ impl Handler for Conn {
                 return Ok(());
             };
             session.channel_success(channel)?;
-            tokio::spawn(crate::sftp::run(
+            self.start(super::sftp::run(
                 ch,
                 self.shared.clone(),
                 self.user.clone(),
@@ -409,39 +436,4 @@ impl Handler for Conn {
         self.channels.remove(&channel);
         Ok(())
     }
-}
-
-impl Shared {
-    /// Everything that follows a successful landing: the log line, the metrics,
-    /// the sender's view.
-    pub fn landed(&self, r: &crate::record::Record, started: std::time::Instant) {
-        log_landed(r, started);
-        self.metrics.landed_files.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .landed_bytes
-            .fetch_add(r.size, Ordering::Relaxed);
-        self.vfs.landed(r);
-    }
-}
-
-/// The one structured log line per landed upload.
-fn log_landed(r: &crate::record::Record, started: std::time::Instant) {
-    let secs = started.elapsed().as_secs_f64();
-    let mbps = if secs > 0.0 {
-        r.size as f64 / 1e6 / secs
-    } else {
-        0.0
-    };
-    tracing::info!(
-        id = %r.id,
-        user = %r.user,
-        remote = %r.remote_addr,
-        protocol = %r.protocol,
-        path = %r.path,
-        size = r.size,
-        blake3 = %r.blake3,
-        duration_ms = (secs * 1000.0).round() as u64,
-        mb_per_s = format!("{mbps:.1}"),
-        "landed"
-    );
 }

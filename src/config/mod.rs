@@ -2,7 +2,7 @@
 //! defaults, the embedded default configuration, relative-path resolution and
 //! semantic validation (`ingestd check-config`).
 
-use crate::units::{ByteSize, HumanDuration};
+use crate::core::units::{ByteSize, HumanDuration};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -72,6 +72,9 @@ pub struct SshConfig {
     /// Idle connections are dropped after this long.
     pub inactivity_timeout: HumanDuration,
     pub max_auth_attempts: usize,
+    /// On SIGTERM: how long uploads (and the pipeline step) in flight may take to
+    /// finish before the process exits anyway (unacknowledged uploads are dropped).
+    pub drain_time: HumanDuration,
 }
 
 impl Default for SshConfig {
@@ -85,6 +88,7 @@ impl Default for SshConfig {
             max_packet_size: ByteSize(65535),
             inactivity_timeout: HumanDuration(Duration::from_secs(600)),
             max_auth_attempts: 6,
+            drain_time: HumanDuration(Duration::from_secs(120)),
         }
     }
 }

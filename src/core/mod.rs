@@ -1,0 +1,11 @@
+//! The pure core: protocol state machines, names and rules, with no I/O at all
+//! (no tokio, no `std::fs`, no sockets, no clocks read here). Everything under
+//! `core/` can be unit-tested and fuzzed from bytes alone; the drivers in
+//! `ingest/` feed it events and carry out the effects it returns.
+
+pub mod naming;
+pub mod record;
+pub mod scp;
+pub mod sftp;
+pub mod units;
+pub mod vpath;

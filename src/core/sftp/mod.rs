@@ -1,0 +1,1 @@
+//! SFTP v3, pure: the upload session's decisions (`session`).

@@ -1,0 +1,69 @@
+//! The node's ingest context, shared by every connection and the inbox, and the
+//! one fan-out after a landing: [`Shared::landed`] writes the `landed` log line,
+//! counts the metrics and updates the sender's view, whatever the protocol.
+
+use crate::config::Config;
+use crate::ops::metrics::Metrics;
+use crate::spool::Spool;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// State shared by every connection of the node.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub spool: Arc<Spool>,
+    /// Open SSH connections.
+    pub connections: AtomicUsize,
+    /// Each sender's view of what they uploaded recently.
+    pub vfs: crate::ingest::vfs::Vfs,
+    pub metrics: Metrics,
+    pub(crate) authorized_keys: Vec<String>,
+}
+
+impl Shared {
+    pub fn new(cfg: Arc<Config>, spool: Arc<Spool>) -> Arc<Shared> {
+        Arc::new(Shared {
+            authorized_keys: cfg.ssh.authorized_keys.to_vec(),
+            vfs: crate::ingest::vfs::Vfs::new(cfg.sftp.visible_for.0),
+            metrics: Metrics::default(),
+            cfg,
+            spool,
+            connections: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Shared {
+    /// Everything that follows a successful landing: the log line, the metrics,
+    /// the sender's view.
+    pub fn landed(&self, r: &crate::core::record::Record, started: std::time::Instant) {
+        log_landed(r, started);
+        self.metrics.landed_files.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .landed_bytes
+            .fetch_add(r.size, Ordering::Relaxed);
+        self.vfs.landed(r);
+    }
+}
+
+/// The one structured log line per landed upload.
+fn log_landed(r: &crate::core::record::Record, started: std::time::Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    let mbps = if secs > 0.0 {
+        r.size as f64 / 1e6 / secs
+    } else {
+        0.0
+    };
+    tracing::info!(
+        id = %r.id,
+        user = %r.user,
+        remote = %r.remote_addr,
+        protocol = %r.protocol,
+        path = %r.path,
+        size = r.size,
+        blake3 = %r.blake3,
+        duration_ms = (secs * 1000.0).round() as u64,
+        mb_per_s = format!("{mbps:.1}"),
+        "landed"
+    );
+}
