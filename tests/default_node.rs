@@ -3,7 +3,10 @@
 //! an ed25519 host key (0600) on first start and accepts the invoking user's own
 //! keys (~/.ssh/authorized_keys and ~/.ssh/*.pub); public keys only.
 //!
-//! Uses the fixed default ports (2222, 9122): it is the only test that does.
+//! Uses the fixed default ports (2222, 9122): it is the only test that does, and
+//! it runs in a network namespace of its own (it re-executes itself under
+//! `unshare --net`), so a quick-start node running beside the suite on the same
+//! ports does not disturb it.
 
 mod common;
 
@@ -51,8 +54,28 @@ fn ssh_opts(key: &Path) -> Vec<String> {
     .collect()
 }
 
+/// Set in the child that runs inside the private network namespace.
+const IN_NETNS: &str = "INGESTD_TEST_IN_NETNS";
+
 #[test]
 fn embedded_default_node_accepts_the_users_own_keys() {
+    if std::env::var_os(IN_NETNS).is_none() {
+        let name = "embedded_default_node_accepts_the_users_own_keys";
+        require_tool("ip");
+        let out = Command::new(require_tool("unshare"))
+            .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(IN_NETNS, "1")
+            .output()
+            .unwrap();
+        let text = show(&out);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "the test in its own network namespace failed:\n{text}"
+        );
+        return;
+    }
     require_tool("scp");
     let home = tempfile::tempdir().unwrap();
     let ssh_dir = home.path().join(".ssh");
