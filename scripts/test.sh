@@ -39,6 +39,11 @@ if ! timeout --kill-after=30s 40m cargo test --release; then
   failed+=("cargo test")
 fi
 
+step "layering (core is pure; see ARCHITECTURE.md)"
+if ! bash scripts/check-layers.sh; then
+  failed+=("check-layers")
+fi
+
 step "cargo clippy --all-targets -- -D warnings"
 if ! cargo clippy --all-targets -- -D warnings; then
   failed+=("cargo clippy")

@@ -67,7 +67,12 @@ async fn run_node(cfg: Arc<Config>) -> Result<()> {
             .await
             .with_context(|| format!("health.listen: cannot listen on {}", cfg.health.listen))?;
         // Not tracked: it answers 503 until the process exits.
-        tokio::spawn(ops::http::serve(l, shared.clone(), shutdown.clone()));
+        tokio::spawn(ops::http::serve(
+            l,
+            shared.metrics.clone(),
+            shared.connections.clone(),
+            shutdown.clone(),
+        ));
     }
     shutdown.spawn(server::serve(
         shared.clone(),

@@ -63,7 +63,13 @@ fn embedded_default_node_accepts_the_users_own_keys() {
         let name = "embedded_default_node_accepts_the_users_own_keys";
         require_tool("ip");
         let out = Command::new(require_tool("unshare"))
-            .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$0\" \"$@\"",
+            ])
             .arg(std::env::current_exe().unwrap())
             .args(["--exact", name, "--nocapture", "--test-threads=1"])
             .env(IN_NETNS, "1")

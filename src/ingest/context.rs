@@ -13,10 +13,10 @@ pub struct Shared {
     pub cfg: Arc<Config>,
     pub spool: Arc<Spool>,
     /// Open SSH connections.
-    pub connections: AtomicUsize,
+    pub connections: Arc<AtomicUsize>,
     /// Each sender's view of what they uploaded recently.
     pub vfs: crate::ingest::vfs::Vfs,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub(crate) authorized_keys: Vec<String>,
 }
 
@@ -25,10 +25,10 @@ impl Shared {
         Arc::new(Shared {
             authorized_keys: cfg.ssh.authorized_keys.to_vec(),
             vfs: crate::ingest::vfs::Vfs::new(cfg.sftp.visible_for.0),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             cfg,
             spool,
-            connections: AtomicUsize::new(0),
+            connections: Arc::default(),
         })
     }
 }

@@ -2,20 +2,26 @@
 //! accepts uploads, 503 while it is stopping) and Prometheus metrics
 //! (`GET /metrics`). Deliberately tiny: one request per connection, no keep-alive.
 
-use crate::ingest::context::Shared;
+use crate::ops::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Serve until the process exits: it keeps answering (503) while the node drains.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    connections: Arc<AtomicUsize>,
+    stopping: Shutdown,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let (shared, stopping) = (shared.clone(), stopping.clone());
+        let (metrics, connections, stopping) =
+            (metrics.clone(), connections.clone(), stopping.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
@@ -30,7 +36,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: Shutdow
                     ("503 Service Unavailable", "stopping\n".to_string())
                 }
                 "/health" => ("200 OK", "ok\n".to_string()),
-                "/metrics" => ("200 OK", metrics(&shared)),
+                "/metrics" => ("200 OK", render(&metrics, &connections)),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(
@@ -42,13 +48,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stopping: Shutdow
     }
 }
 
-fn metrics(s: &Shared) -> String {
-    let m = &s.metrics;
+fn render(m: &Metrics, connections: &AtomicUsize) -> String {
     format!(
         "# TYPE ingestd_ssh_connections gauge\ningestd_ssh_connections {}\n\
          # TYPE ingestd_landed_files_total counter\ningestd_landed_files_total {}\n\
          # TYPE ingestd_landed_bytes_total counter\ningestd_landed_bytes_total {}\n",
-        s.connections.load(Ordering::Relaxed),
+        connections.load(Ordering::Relaxed),
         m.landed_files.load(Ordering::Relaxed),
         m.landed_bytes.load(Ordering::Relaxed),
     )
