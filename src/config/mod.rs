@@ -2,7 +2,7 @@
 //! defaults, the embedded default configuration, relative-path resolution and
 //! semantic validation (`ingestd check-config`).
 
-use crate::core::units::{ByteSize, HumanDuration};
+use crate::core::units::{ByteSize, HumanDuration, Rate};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -52,6 +52,32 @@ pub struct Config {
     pub inbox: Option<InboxConfig>,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub defender: DefenderConfig,
+}
+
+/// Bans for source addresses that keep failing to authenticate.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefenderConfig {
+    /// Failed authentications per source address within `window` that ban it (0 = off).
+    pub max_failures: u32,
+    pub window: HumanDuration,
+    /// A banned address is refused at connect for this long; the ban lifts by itself.
+    pub ban_time: HumanDuration,
+    /// CIDRs (or addresses) never banned.
+    pub allow: Vec<String>,
+}
+
+impl Default for DefenderConfig {
+    fn default() -> Self {
+        DefenderConfig {
+            max_failures: 10,
+            window: HumanDuration(Duration::from_secs(60)),
+            ban_time: HumanDuration(Duration::from_secs(600)),
+            allow: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -64,8 +90,23 @@ pub struct SshConfig {
     /// authorized_keys file(s); `%u` is replaced by the login name; `~` is $HOME;
     /// a `*` in the last component is a glob (e.g. `~/.ssh/*.pub`).
     pub authorized_keys: OneOrMany<String>,
-    /// Concurrent SSH connections accepted; more are refused with a message.
+    /// Authenticated SSH connections at once; more are refused with a message.
     pub max_sessions: usize,
+    /// Authenticated connections from one source address at once.
+    pub max_sessions_per_ip: usize,
+    /// Unauthenticated connections at once; beyond, new ones are closed before
+    /// key exchange (as OpenSSH's MaxStartups).
+    pub max_startups: usize,
+    /// A connection not authenticated by then is closed, silent or not.
+    pub login_grace_time: HumanDuration,
+    /// Session channels one connection may open.
+    pub max_channels: usize,
+    /// An upload that receives less than this per second, measured over
+    /// `inactivity_timeout`, is ended ("0" = off).
+    pub min_rate: Rate,
+    /// Accept `ssh-rsa` (SHA-1) signatures for user authentication (OpenSSH
+    /// refuses them by default since 8.8).
+    pub allow_sha1_rsa: bool,
     /// SSH channel window (bytes) and maximum packet size.
     pub window_size: ByteSize,
     pub max_packet_size: ByteSize,
@@ -84,6 +125,12 @@ impl Default for SshConfig {
             host_key: OneOrMany::One("/etc/ingestd/ssh_host_ed25519_key".into()),
             authorized_keys: OneOrMany::One("/etc/ingestd/authorized_keys".into()),
             max_sessions: 256,
+            max_sessions_per_ip: 32,
+            max_startups: 64,
+            login_grace_time: HumanDuration(Duration::from_secs(30)),
+            max_channels: 10,
+            min_rate: Rate(1024),
+            allow_sha1_rsa: false,
             window_size: ByteSize(16 << 20),
             max_packet_size: ByteSize(65535),
             inactivity_timeout: HumanDuration(Duration::from_secs(600)),
@@ -409,6 +456,23 @@ impl Config {
         }
         if self.ssh.max_sessions == 0 {
             bail!("ssh.max_sessions: must be at least 1");
+        }
+        if self.ssh.max_sessions_per_ip == 0 {
+            bail!("ssh.max_sessions_per_ip: must be at least 1");
+        }
+        if self.ssh.max_startups == 0 {
+            bail!("ssh.max_startups: must be at least 1");
+        }
+        if self.ssh.max_channels == 0 {
+            bail!("ssh.max_channels: must be at least 1");
+        }
+        if self.ssh.login_grace_time.0.is_zero() {
+            bail!("ssh.login_grace_time: must be greater than 0");
+        }
+        for (i, c) in self.defender.allow.iter().enumerate() {
+            if !crate::core::netmatch::valid_cidr(c) {
+                bail!("defender.allow[{i}]: {c:?} is not a CIDR like \"10.0.0.0/8\" or an address");
+            }
         }
         if self.ssh.max_packet_size.0 < 1024 || self.ssh.max_packet_size.0 > 65535 {
             bail!("ssh.max_packet_size: must be between 1024 and 65535");

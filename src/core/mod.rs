@@ -3,7 +3,9 @@
 //! `core/` can be unit-tested and fuzzed from bytes alone; the drivers in
 //! `ingest/` feed it events and carry out the effects it returns.
 
+pub mod defender;
 pub mod naming;
+pub mod netmatch;
 pub mod record;
 pub mod scp;
 pub mod sftp;

@@ -99,9 +99,46 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A transfer rate: `"1KiB/s"`, `"100B/s"`, `"0"` (off). Bytes per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let size = t.strip_suffix("/s").unwrap_or(t);
+    if size.trim() != "0" && !t.ends_with("/s") {
+        return Err(format!(
+            "invalid rate {s:?}: write it like \"1KiB/s\" (or \"0\" for off)"
+        ));
+    }
+    parse_size(size).map_err(|_| format!("invalid rate {s:?}: write it like \"1KiB/s\""))
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_rate(&s).map(Rate).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}B/s", self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1KiB/s").unwrap(), 1024);
+        assert_eq!(parse_rate("100B/s").unwrap(), 100);
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert!(parse_rate("1KiB").is_err());
+        assert!(parse_rate("fast/s").is_err());
+    }
 
     #[test]
     fn sizes() {

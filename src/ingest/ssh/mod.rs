@@ -3,6 +3,7 @@
 //! that run the pure SCP and SFTP cores over a channel (`scp`, `sftp`).
 
 pub mod auth;
+pub mod gate;
 pub mod hostkey;
 pub mod scp;
 pub mod server;

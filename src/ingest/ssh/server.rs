@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::core::scp::exec::{parse_exec, ExecRequest};
 use crate::ingest::context::Shared;
 use crate::ingest::ssh::auth;
+use crate::ingest::ssh::gate::{Gate, Refused, Ticket};
 use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
@@ -18,8 +19,9 @@ use russh::{cipher, kex, mac, Channel, ChannelId, MethodKind, MethodSet, Preferr
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Algorithms: fast AEAD first, no chacha20 (OpenSSH clients would pick it and it
@@ -116,19 +118,26 @@ pub async fn bind(cfg: &Config) -> Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-/// Accept connections until the node stops. Every connection is a tracked task:
-/// when the node stops, a connection with no upload in flight is closed at once
-/// ("node is stopping"); one with uploads in flight is left to finish them (the
-/// caller bounds that by `ssh.drain_time`) and is closed when they are done.
+/// Accept connections until the node stops. Every connection is admitted by
+/// the [`Gate`] (bans, `max_startups`) and runs as a tracked task: when the node
+/// stops, a connection with no upload in flight is closed at once ("node is
+/// stopping"); one with uploads in flight is left to finish them (the caller
+/// bounds that by `ssh.drain_time`) and is closed when they are done.
 pub async fn serve(
     shared: Arc<Shared>,
     config: Arc<russh::server::Config>,
     listeners: Vec<TcpListener>,
     shutdown: Shutdown,
 ) {
+    let gate = Gate::new(shared.cfg.clone(), shared.connections.clone());
     let mut tasks = Vec::new();
     for l in listeners {
-        let (shared, config, sd) = (shared.clone(), config.clone(), shutdown.clone());
+        let (shared, config, sd, gate) = (
+            shared.clone(),
+            config.clone(),
+            shutdown.clone(),
+            gate.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let (sock, peer) = tokio::select! {
@@ -136,20 +145,28 @@ pub async fn serve(
                         Ok(x) => x,
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     },
                     _ = sd.stopped() => return,
                 };
+                let ticket = match gate.admit(peer.ip()) {
+                    Ok(t) => t,
+                    Err(Refused::Banned { remaining_s }) => {
+                        tracing::debug!(target: "ingestd::auth", remote_ip = %peer.ip(), remaining_s, "connection from a banned address closed");
+                        continue;
+                    }
+                    Err(Refused::Startups) => continue,
+                };
                 let _ = sock.set_nodelay(true);
-                let handler = Conn::new(shared.clone(), peer, sd.clone());
-                let busy = handler.busy.clone();
+                let handler = Conn::new(shared.clone(), peer, sd.clone(), ticket, gate.clone());
+                let watch = handler.watch.clone();
                 let config = config.clone();
-                let sd2 = sd.clone();
+                let (sd2, cfg) = (sd.clone(), shared.cfg.clone());
                 sd.spawn(async move {
                     match russh::server::run_stream(config, sock, handler).await {
-                        Ok(session) => connection(session, busy, sd2, peer).await,
+                        Ok(session) => connection(session, watch, sd2, peer, cfg).await,
                         Err(e) => tracing::debug!(%peer, error = %e, "connection setup failed"),
                     }
                 });
@@ -161,36 +178,76 @@ pub async fn serve(
     }
 }
 
-/// Wait for one connection to end; once the node is stopping, close it as soon
-/// as it has no upload in flight.
+/// What the connection task watches of its handler.
+#[derive(Clone, Default)]
+struct Watch {
+    /// Protocol tasks (SCP/SFTP channels) running on this connection.
+    busy: Arc<AtomicUsize>,
+    authenticated: Arc<AtomicBool>,
+    /// Channel data bytes received so far.
+    received: Arc<AtomicU64>,
+}
+
+/// Wait for one connection to end, enforcing what russh does not: the login
+/// grace time, the minimum upload rate, and the node's shutdown (close as soon
+/// as no upload is in flight).
 async fn connection(
     mut session: russh::server::RunningSession<Conn>,
-    busy: Arc<AtomicUsize>,
+    w: Watch,
     sd: Shutdown,
     peer: SocketAddr,
+    cfg: Arc<Config>,
 ) {
-    let r = tokio::select! {
-        r = &mut session => Some(r),
-        _ = sd.stopped() => None,
+    let handle = session.handle();
+    let bye = |msg: String| {
+        let handle = handle.clone();
+        async move {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, msg, "en".into())
+                .await;
+        }
     };
-    let r = match r {
-        Some(r) => r,
-        None => loop {
-            if busy.load(Ordering::SeqCst) == 0 {
-                let _ = session
-                    .handle()
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "ingestd: node is stopping".into(),
-                        "en".into(),
-                    )
-                    .await;
+    let grace = tokio::time::sleep(cfg.ssh.login_grace_time.0);
+    tokio::pin!(grace);
+    let mut grace_done = false;
+    let window = cfg.ssh.inactivity_timeout.0;
+    let min_bytes = (cfg.ssh.min_rate.0 as f64 * window.as_secs_f64()) as u64;
+    let mut tick = tokio::time::interval(window.max(Duration::from_millis(100)));
+    tick.tick().await;
+    let mut last = (0u64, 0usize); // (bytes received, busy) at the last tick
+    let mut stopping = false;
+    let r = loop {
+        tokio::select! {
+            r = &mut session => break r,
+            _ = &mut grace, if !grace_done => {
+                grace_done = true;
+                if !w.authenticated.load(Ordering::SeqCst) {
+                    tracing::info!(target: "ingestd::auth", remote_ip = %peer.ip(), remote_port = peer.port(),
+                        "connection closed: not authenticated within ssh.login_grace_time");
+                    bye(format!("ingestd: not authenticated within {}", humantime::format_duration(cfg.ssh.login_grace_time.0))).await;
+                }
             }
-            tokio::select! {
-                r = &mut session => break r,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = tick.tick(), if min_bytes > 0 => {
+                let now = (w.received.load(Ordering::Relaxed), w.busy.load(Ordering::SeqCst));
+                // An upload was running for the whole window and received too little.
+                if now.1 > 0 && last.1 > 0 && now.0.saturating_sub(last.0) < min_bytes {
+                    let msg = format!(
+                        "ingestd: upload too slow: {} bytes in {}, below ssh.min_rate {}/s",
+                        now.0 - last.0,
+                        humantime::format_duration(window),
+                        cfg.ssh.min_rate.0
+                    );
+                    tracing::info!(remote = %peer, reason = %msg, "connection closed");
+                    bye(msg).await;
+                }
+                last = now;
             }
-        },
+            _ = sd.stopped(), if !stopping => stopping = true,
+            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {}
+        }
+        if stopping && w.busy.load(Ordering::SeqCst) == 0 {
+            bye("ingestd: node is stopping".into()).await;
+        }
     };
     if let Err(e) = r {
         tracing::debug!(%peer, error = %e, "connection ended with error");
@@ -203,41 +260,70 @@ pub struct Conn {
     peer: SocketAddr,
     user: String,
     channels: HashMap<ChannelId, Channel<Msg>>,
-    /// This connection pushed the count over `ssh.max_sessions`: every request is refused.
-    over_limit: bool,
-    /// Protocol tasks (SCP/SFTP channels) running on this connection.
-    busy: Arc<AtomicUsize>,
+    /// Session channels open now (bounded by `ssh.max_channels`).
+    open: std::collections::HashSet<ChannelId>,
+    /// Set at login when this connection is over a session limit: every request
+    /// is refused with this message.
+    over_limit: Option<String>,
+    ticket: Ticket,
+    gate: Arc<Gate>,
+    watch: Watch,
     shutdown: Shutdown,
 }
 
 impl Conn {
-    fn new(shared: Arc<Shared>, peer: SocketAddr, shutdown: Shutdown) -> Conn {
-        let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        let over_limit = n > shared.cfg.ssh.max_sessions;
+    fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        shutdown: Shutdown,
+        ticket: Ticket,
+        gate: Arc<Gate>,
+    ) -> Conn {
         Conn {
             shared,
             peer,
             user: String::new(),
             channels: HashMap::new(),
-            over_limit,
-            busy: Arc::new(AtomicUsize::new(0)),
+            open: Default::default(),
+            over_limit: None,
+            ticket,
+            gate,
+            watch: Watch::default(),
             shutdown,
         }
     }
 
-    async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
+    /// Log one failed authentication in the stable format fail2ban reads (see
+    /// `config/fail2ban/`), count it, and close the connection if the address
+    /// is now banned.
+    fn auth_failure(
+        &mut self,
+        user: &str,
+        key: &russh::keys::PublicKey,
+        reason: &str,
+    ) -> Result<(), russh::Error> {
+        tracing::info!(
+            target: "ingestd::auth",
+            remote_ip = %self.peer.ip(),
+            remote_port = self.peer.port(),
+            user = ?user,
+            key_type = %key.algorithm().as_str(),
+            fingerprint = %key.fingerprint(Default::default()),
+            reason = ?reason,
+            "authentication failed"
+        );
+        if self.gate.auth_failed(self.peer.ip()) {
+            return Err(russh::Error::Disconnect); // banned: close now
+        }
+        Ok(())
+    }
+
+    async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Result<(), String> {
         let pats = self.shared.authorized_keys.clone();
         let (user2, key2, ip) = (user.to_string(), key.clone(), self.peer.ip());
-        let ok = tokio::task::spawn_blocking(move || {
-            auth::is_authorized(&pats, &user2, Some(ip), &key2)
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        }
+        tokio::task::spawn_blocking(move || auth::check(&pats, &user2, Some(ip), &key2))
+            .await
+            .unwrap_or_else(|e| Err(format!("internal error: {e}")))
     }
 
     /// Refuse a channel request: a one-line message on stderr, exit status 1, close.
@@ -247,7 +333,7 @@ impl Conn {
         session: &mut Session,
         msg: &str,
     ) -> Result<(), russh::Error> {
-        tracing::info!(user = %self.user, remote = %self.peer, reason = msg, "request refused");
+        tracing::info!(user = ?self.user, remote = %self.peer, reason = ?msg, "request refused");
         self.channels.remove(&channel);
         session.channel_success(channel)?;
         session.extended_data(channel, 1, bytes::Bytes::from(format!("{msg}\r\n")))?;
@@ -260,7 +346,7 @@ impl Conn {
     /// Run a protocol task for one channel, tracked by the node's shutdown and
     /// counted as this connection's work in flight.
     fn start(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let busy = self.busy.clone();
+        let busy = self.watch.busy.clone();
         busy.fetch_add(1, Ordering::SeqCst);
         self.shutdown.spawn(async move {
             task.await;
@@ -275,20 +361,7 @@ impl Conn {
                 "ingestd: this node is stopping; try again (another node will take it)".into(),
             );
         }
-        self.over_limit.then(|| self.too_many())
-    }
-
-    fn too_many(&self) -> String {
-        format!(
-            "ingestd: too many sessions on this node (limit {}); try again later",
-            self.shared.cfg.ssh.max_sessions
-        )
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::SeqCst);
+        self.over_limit.clone()
     }
 }
 
@@ -300,7 +373,22 @@ impl Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.check_key(user, offer.public_key).await)
+        let sha1 = *offer.algorithm == Algorithm::Rsa { hash: None };
+        let r = if sha1 && !self.shared.cfg.ssh.allow_sha1_rsa {
+            Err(
+                "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512 (ssh.allow_sha1_rsa)"
+                    .into(),
+            )
+        } else {
+            self.check_key(user, offer.public_key).await
+        };
+        match r {
+            Ok(()) => Ok(Auth::Accept),
+            Err(reason) => {
+                self.auth_failure(user, offer.public_key, &reason)?;
+                Ok(Auth::reject())
+            }
+        }
     }
 
     async fn auth_publickey(
@@ -308,14 +396,28 @@ impl Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let r = self.check_key(user, key.public_key).await;
-        if r == Auth::Accept {
-            self.user = user.to_string();
-            tracing::info!(user, remote = %self.peer, key = %key.public_key.fingerprint(Default::default()), "authenticated");
+        let sha1 = *key.algorithm == Algorithm::Rsa { hash: None };
+        let r = if sha1 && !self.shared.cfg.ssh.allow_sha1_rsa {
+            Err(
+                "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512 (ssh.allow_sha1_rsa)"
+                    .into(),
+            )
         } else {
-            tracing::info!(user, remote = %self.peer, "public key refused");
+            self.check_key(user, key.public_key).await
+        };
+        match r {
+            Ok(()) => {
+                self.user = user.to_string();
+                self.over_limit = self.ticket.login();
+                self.watch.authenticated.store(true, Ordering::SeqCst);
+                tracing::info!(target: "ingestd::auth", user = ?user, remote = %self.peer, key_type = %key.public_key.algorithm().as_str(), fingerprint = %key.public_key.fingerprint(Default::default()), "authenticated");
+                Ok(Auth::Accept)
+            }
+            Err(reason) => {
+                self.auth_failure(user, key.public_key, &reason)?;
+                Ok(Auth::reject())
+            }
         }
-        Ok(r)
     }
 
     async fn channel_open_session(
@@ -324,8 +426,46 @@ impl Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let max = self.shared.cfg.ssh.max_channels;
+        if self.open.len() >= max {
+            let reason = format!("ingestd: too many channels on this connection (limit {max})");
+            tracing::info!(user = ?self.user, remote = %self.peer, reason = %reason, "channel refused");
+            reply
+                .reject(russh::ChannelOpenFailure::Other {
+                    code: 4, // SSH_OPEN_RESOURCE_SHORTAGE
+                    reason,
+                })
+                .await;
+            return Ok(());
+        }
+        self.open.insert(channel.id());
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.watch
+            .received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
         Ok(())
     }
 
@@ -434,6 +574,7 @@ impl Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.open.remove(&channel);
         Ok(())
     }
 }

@@ -1,0 +1,194 @@
+//! Admission of SSH connections: what bounds the node against hostile peers
+//! before and after they log in.
+//!
+//! - at accept: a banned address (the defender, `core::defender`) or a full
+//!   `ssh.max_startups` (unauthenticated connections) closes the socket before
+//!   key exchange;
+//! - at login: the connection stops counting as unauthenticated and counts
+//!   towards `ssh.max_sessions` and `ssh.max_sessions_per_ip`; beyond them its
+//!   requests are refused with a message;
+//! - each failed authentication is counted by the defender, which bans an
+//!   address after `defender.max_failures` within `defender.window`.
+//!
+//! A [`Ticket`] is one admitted connection; dropping it gives its place back.
+
+use crate::config::Config;
+use crate::core::defender::{Defender, Outcome, Policy};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub struct Gate {
+    cfg: Arc<Config>,
+    start: Instant,
+    /// Connections not (yet) authenticated.
+    pub unauthenticated: Arc<AtomicUsize>,
+    /// Authenticated connections (shared with the metrics).
+    pub authenticated: Arc<AtomicUsize>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    defender: Mutex<Defender>,
+    /// Failed authentications and bans since start.
+    pub auth_failures: AtomicU64,
+    pub bans: AtomicU64,
+    /// Connections closed at accept (banned, or max_startups reached).
+    pub refused_at_accept: AtomicU64,
+    last_full_log_ms: AtomicU64,
+}
+
+/// Why a connection was closed at accept.
+#[derive(Debug)]
+pub enum Refused {
+    Banned { remaining_s: u64 },
+    Startups,
+}
+
+pub fn policy(cfg: &Config) -> Policy {
+    Policy {
+        max_failures: cfg.defender.max_failures,
+        window_ms: cfg.defender.window.0.as_millis() as u64,
+        ban_ms: cfg.defender.ban_time.0.as_millis() as u64,
+        allow: cfg.defender.allow.clone(),
+    }
+}
+
+impl Gate {
+    pub fn new(cfg: Arc<Config>, authenticated: Arc<AtomicUsize>) -> Arc<Gate> {
+        Arc::new(Gate {
+            defender: Mutex::new(Defender::new(policy(&cfg))),
+            cfg,
+            start: Instant::now(),
+            unauthenticated: Arc::default(),
+            authenticated,
+            per_ip: Mutex::new(HashMap::new()),
+            auth_failures: AtomicU64::new(0),
+            bans: AtomicU64::new(0),
+            refused_at_accept: AtomicU64::new(0),
+            last_full_log_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A new TCP connection from `ip`: admitted as unauthenticated, or refused.
+    pub fn admit(self: &Arc<Gate>, ip: IpAddr) -> Result<Ticket, Refused> {
+        let now = self.now_ms();
+        if let Some(until) = self.defender.lock().unwrap().banned_until(ip, now) {
+            self.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Banned {
+                remaining_s: (until - now).div_ceil(1000),
+            });
+        }
+        let limit = self.cfg.ssh.max_startups;
+        let n = self.unauthenticated.fetch_add(1, Ordering::SeqCst);
+        if n >= limit {
+            self.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+            self.refused_at_accept.fetch_add(1, Ordering::Relaxed);
+            // one log line per second at most: a flood must not flood the log
+            let last = self.last_full_log_ms.load(Ordering::Relaxed);
+            if now >= last + 1000
+                && self
+                    .last_full_log_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    limit,
+                    "ssh.max_startups reached: new connections are closed before key exchange"
+                );
+            }
+            return Err(Refused::Startups);
+        }
+        Ok(Ticket {
+            gate: self.clone(),
+            ip,
+            authed: false,
+        })
+    }
+
+    /// A failed authentication from `ip`: counted; true if the address is now banned.
+    pub fn auth_failed(&self, ip: IpAddr) -> bool {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        match self.defender.lock().unwrap().failure(ip, now) {
+            Outcome::Banned { .. } => {
+                self.bans.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "ingestd::auth",
+                    remote_ip = %ip,
+                    failures = self.cfg.defender.max_failures,
+                    window = %humantime::format_duration(self.cfg.defender.window.0),
+                    ban_time = %humantime::format_duration(self.cfg.defender.ban_time.0),
+                    "address banned"
+                );
+                true
+            }
+            Outcome::AlreadyBanned { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// One admitted connection's place: unauthenticated until [`Ticket::login`].
+pub struct Ticket {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+    authed: bool,
+}
+
+impl Ticket {
+    /// The connection authenticated: it now counts towards `max_sessions` and
+    /// `max_sessions_per_ip`. `Some(message)` if that is over a limit (its
+    /// requests are then refused with the message).
+    pub fn login(&mut self) -> Option<String> {
+        if self.authed {
+            return None;
+        }
+        self.authed = true;
+        let g = &self.gate;
+        g.defender.lock().unwrap().success(self.ip);
+        g.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+        let total = g.authenticated.fetch_add(1, Ordering::SeqCst) + 1;
+        let from_ip = {
+            let mut m = g.per_ip.lock().unwrap();
+            let c = m.entry(self.ip).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let ssh = &g.cfg.ssh;
+        if total > ssh.max_sessions {
+            Some(format!(
+                "ingestd: too many sessions on this node (limit {}); try again later",
+                ssh.max_sessions
+            ))
+        } else if from_ip > ssh.max_sessions_per_ip {
+            Some(format!(
+                "ingestd: too many sessions from your address (limit {}); try again later",
+                ssh.max_sessions_per_ip
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let g = &self.gate;
+        if !self.authed {
+            g.unauthenticated.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        g.authenticated.fetch_sub(1, Ordering::SeqCst);
+        let mut m = g.per_ip.lock().unwrap();
+        if let Some(c) = m.get_mut(&self.ip) {
+            *c -= 1;
+            if *c == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
