@@ -16,6 +16,7 @@ PACKAGES=(
   "haproxy pkg"
   "ipvsadm pkg"
   "iproute2 pkg"
+  "fail2ban cmd:fail2ban-regex"
 )
 
 is_installed() {

@@ -1,9 +1,12 @@
 //! Admission of SSH connections: what bounds the node against hostile peers
 //! before and after they log in.
 //!
-//! - at accept: a banned address (the defender, `core::defender`) or a full
-//!   `ssh.max_startups` (unauthenticated connections) closes the socket before
-//!   key exchange;
+//! - at accept: a banned address (the defender, `core::defender`) is closed
+//!   before key exchange; when `ssh.max_startups` unauthenticated connections
+//!   are open, the *oldest* of them is closed to make room (so a flood of idle
+//!   pre-auth connections cannot lock a real sender out: it connects, and is the
+//!   newest); every unauthenticated connection is closed at
+//!   `ssh.login_grace_time` anyway;
 //! - at login: the connection stops counting as unauthenticated and counts
 //!   towards `ssh.max_sessions` and `ssh.max_sessions_per_ip`; beyond them its
 //!   requests are refused with a message;
@@ -14,11 +17,12 @@
 
 use crate::config::Config;
 use crate::core::defender::{Defender, Outcome, Policy};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub struct Gate {
     cfg: Arc<Config>,
@@ -28,12 +32,18 @@ pub struct Gate {
     /// Authenticated connections (shared with the metrics).
     pub authenticated: Arc<AtomicUsize>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Unauthenticated connections by age (admission order): the oldest is
+    /// evicted when `max_startups` is reached.
+    pending: Mutex<BTreeMap<u64, CancellationToken>>,
+    seq: AtomicU64,
     defender: Mutex<Defender>,
     /// Failed authentications and bans since start.
     pub auth_failures: AtomicU64,
     pub bans: AtomicU64,
-    /// Connections closed at accept (banned, or max_startups reached).
+    /// Connections closed at accept (banned).
     pub refused_at_accept: AtomicU64,
+    /// Unauthenticated connections closed to make room (max_startups).
+    pub evicted: AtomicU64,
     last_full_log_ms: AtomicU64,
 }
 
@@ -41,7 +51,6 @@ pub struct Gate {
 #[derive(Debug)]
 pub enum Refused {
     Banned { remaining_s: u64 },
-    Startups,
 }
 
 pub fn policy(cfg: &Config) -> Policy {
@@ -62,9 +71,12 @@ impl Gate {
             unauthenticated: Arc::default(),
             authenticated,
             per_ip: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            seq: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             refused_at_accept: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             last_full_log_ms: AtomicU64::new(0),
         })
     }
@@ -84,28 +96,37 @@ impl Gate {
         }
         let limit = self.cfg.ssh.max_startups;
         let n = self.unauthenticated.fetch_add(1, Ordering::SeqCst);
-        if n >= limit {
-            self.unauthenticated.fetch_sub(1, Ordering::SeqCst);
-            self.refused_at_accept.fetch_add(1, Ordering::Relaxed);
-            // one log line per second at most: a flood must not flood the log
-            let last = self.last_full_log_ms.load(Ordering::Relaxed);
-            if now >= last + 1000
-                && self
-                    .last_full_log_ms
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                tracing::warn!(
-                    limit,
-                    "ssh.max_startups reached: new connections are closed before key exchange"
-                );
+        let evict = CancellationToken::new();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if n >= limit {
+                if let Some((_, oldest)) = pending.pop_first() {
+                    oldest.cancel();
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                // one log line per second at most: a flood must not flood the log
+                let last = self.last_full_log_ms.load(Ordering::Relaxed);
+                if now >= last + 1000
+                    && self
+                        .last_full_log_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        limit,
+                        "ssh.max_startups unauthenticated connections open: closing the oldest to make room"
+                    );
+                }
             }
-            return Err(Refused::Startups);
+            pending.insert(seq, evict.clone());
         }
         Ok(Ticket {
             gate: self.clone(),
             ip,
             authed: false,
+            seq,
+            evict,
         })
     }
 
@@ -137,9 +158,17 @@ pub struct Ticket {
     gate: Arc<Gate>,
     ip: IpAddr,
     authed: bool,
+    seq: u64,
+    /// Cancelled when this unauthenticated connection must make room.
+    evict: CancellationToken,
 }
 
 impl Ticket {
+    /// Cancelled when this connection, still unauthenticated, is evicted.
+    pub fn evicted(&self) -> CancellationToken {
+        self.evict.clone()
+    }
+
     /// The connection authenticated: it now counts towards `max_sessions` and
     /// `max_sessions_per_ip`. `Some(message)` if that is over a limit (its
     /// requests are then refused with the message).
@@ -149,6 +178,7 @@ impl Ticket {
         }
         self.authed = true;
         let g = &self.gate;
+        g.pending.lock().unwrap().remove(&self.seq);
         g.defender.lock().unwrap().success(self.ip);
         g.unauthenticated.fetch_sub(1, Ordering::SeqCst);
         let total = g.authenticated.fetch_add(1, Ordering::SeqCst) + 1;
@@ -179,6 +209,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let g = &self.gate;
         if !self.authed {
+            g.pending.lock().unwrap().remove(&self.seq);
             g.unauthenticated.fetch_sub(1, Ordering::SeqCst);
             return;
         }

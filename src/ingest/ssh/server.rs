@@ -157,17 +157,27 @@ pub async fn serve(
                         tracing::debug!(target: "ingestd::auth", remote_ip = %peer.ip(), remaining_s, "connection from a banned address closed");
                         continue;
                     }
-                    Err(Refused::Startups) => continue,
                 };
+                let evicted = ticket.evicted();
                 let _ = sock.set_nodelay(true);
                 let handler = Conn::new(shared.clone(), peer, sd.clone(), ticket, gate.clone());
                 let watch = handler.watch.clone();
                 let config = config.clone();
                 let (sd2, cfg) = (sd.clone(), shared.cfg.clone());
                 sd.spawn(async move {
-                    match russh::server::run_stream(config, sock, handler).await {
-                        Ok(session) => connection(session, watch, sd2, peer, cfg).await,
-                        Err(e) => tracing::debug!(%peer, error = %e, "connection setup failed"),
+                    // The client's version line is awaited inside run_stream:
+                    // bound it by the grace time and eviction too.
+                    let grace = tokio::time::Instant::now() + cfg.ssh.login_grace_time.0;
+                    let kill = tokio_util::sync::CancellationToken::new();
+                    let sock = Killable::new(sock, &kill);
+                    let started = tokio::select! {
+                        r = tokio::time::timeout_at(grace, russh::server::run_stream(config, sock, handler)) => r,
+                        _ = evicted.cancelled() => return,
+                    };
+                    match started {
+                        Ok(Ok(session)) => connection(session, watch, sd2, peer, cfg, grace, evicted, kill).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection setup failed"),
+                        Err(_) => grace_expired(peer),
                     }
                 });
             }
@@ -175,6 +185,72 @@ pub async fn serve(
     }
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// The TCP stream under one connection, which the node can cut: once `kill`
+/// is cancelled every read and write fails, so russh's session loop ends even
+/// when the peer never completes key exchange (a polite SSH disconnect cannot
+/// be sent then).
+struct Killable {
+    inner: tokio::net::TcpStream,
+    kill: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl Killable {
+    fn new(inner: tokio::net::TcpStream, kill: &tokio_util::sync::CancellationToken) -> Killable {
+        Killable {
+            inner,
+            kill: Box::pin(kill.clone().cancelled_owned()),
+        }
+    }
+
+    fn killed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        std::future::Future::poll(self.kill.as_mut(), cx).is_ready()
+    }
+}
+
+fn cut() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by ingestd")
+}
+
+impl tokio::io::AsyncRead for Killable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.killed(cx) {
+            return std::task::Poll::Ready(Err(cut()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Killable {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.killed(cx) {
+            return std::task::Poll::Ready(Err(cut()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -191,23 +267,44 @@ struct Watch {
 /// Wait for one connection to end, enforcing what russh does not: the login
 /// grace time, the minimum upload rate, and the node's shutdown (close as soon
 /// as no upload is in flight).
+fn grace_expired(peer: SocketAddr) {
+    tracing::info!(
+        target: "ingestd::auth",
+        "connection closed: not authenticated within ssh.login_grace_time remote_ip={} remote_port={}",
+        peer.ip(),
+        peer.port()
+    );
+}
+
 async fn connection(
     mut session: russh::server::RunningSession<Conn>,
     w: Watch,
     sd: Shutdown,
     peer: SocketAddr,
     cfg: Arc<Config>,
+    grace: tokio::time::Instant,
+    evicted: tokio_util::sync::CancellationToken,
+    kill: tokio_util::sync::CancellationToken,
 ) {
     let handle = session.handle();
+    // A polite SSH disconnect with the reason; the socket is cut a second later
+    // in case the peer is not at a point where it can be sent or heard.
+    let kill2 = kill.clone();
     let bye = |msg: String| {
-        let handle = handle.clone();
+        let (handle, kill) = (handle.clone(), kill2.clone());
         async move {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, msg, "en".into())
-                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                handle.disconnect(russh::Disconnect::ByApplication, msg, "en".into()),
+            )
+            .await;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                kill.cancel();
+            });
         }
     };
-    let grace = tokio::time::sleep(cfg.ssh.login_grace_time.0);
+    let grace = tokio::time::sleep_until(grace);
     tokio::pin!(grace);
     let mut grace_done = false;
     let window = cfg.ssh.inactivity_timeout.0;
@@ -216,15 +313,21 @@ async fn connection(
     tick.tick().await;
     let mut last = (0u64, 0usize); // (bytes received, busy) at the last tick
     let mut stopping = false;
+    let mut stop_sent = false;
     let r = loop {
         tokio::select! {
             r = &mut session => break r,
             _ = &mut grace, if !grace_done => {
                 grace_done = true;
                 if !w.authenticated.load(Ordering::SeqCst) {
-                    tracing::info!(target: "ingestd::auth", remote_ip = %peer.ip(), remote_port = peer.port(),
-                        "connection closed: not authenticated within ssh.login_grace_time");
+                    grace_expired(peer);
                     bye(format!("ingestd: not authenticated within {}", humantime::format_duration(cfg.ssh.login_grace_time.0))).await;
+                }
+            }
+            _ = evicted.cancelled(), if !grace_done => {
+                grace_done = true;
+                if !w.authenticated.load(Ordering::SeqCst) {
+                    bye("ingestd: too many unauthenticated connections; try again".into()).await;
                 }
             }
             _ = tick.tick(), if min_bytes > 0 => {
@@ -245,7 +348,8 @@ async fn connection(
             _ = sd.stopped(), if !stopping => stopping = true,
             _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {}
         }
-        if stopping && w.busy.load(Ordering::SeqCst) == 0 {
+        if stopping && !stop_sent && w.busy.load(Ordering::SeqCst) == 0 {
+            stop_sent = true;
             bye("ingestd: node is stopping".into()).await;
         }
     };
