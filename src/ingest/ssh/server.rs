@@ -175,7 +175,10 @@ pub async fn serve(
                         _ = evicted.cancelled() => return,
                     };
                     match started {
-                        Ok(Ok(session)) => connection(session, watch, sd2, peer, cfg, grace, evicted, kill).await,
+                        Ok(Ok(session)) => {
+                            let ends = Ends { grace, evicted, kill };
+                            connection(session, watch, sd2, peer, cfg, ends).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection setup failed"),
                         Err(_) => grace_expired(peer),
                     }
@@ -254,6 +257,16 @@ impl tokio::io::AsyncWrite for Killable {
     }
 }
 
+/// What ends an unauthenticated or misbehaving connection.
+struct Ends {
+    /// Unauthenticated by then: closed.
+    grace: tokio::time::Instant,
+    /// Cancelled to make room under `ssh.max_startups` (if still unauthenticated).
+    evicted: tokio_util::sync::CancellationToken,
+    /// Cuts the socket.
+    kill: tokio_util::sync::CancellationToken,
+}
+
 /// What the connection task watches of its handler.
 #[derive(Clone, Default)]
 struct Watch {
@@ -282,10 +295,13 @@ async fn connection(
     sd: Shutdown,
     peer: SocketAddr,
     cfg: Arc<Config>,
-    grace: tokio::time::Instant,
-    evicted: tokio_util::sync::CancellationToken,
-    kill: tokio_util::sync::CancellationToken,
+    ends: Ends,
 ) {
+    let Ends {
+        grace,
+        evicted,
+        kill,
+    } = ends;
     let handle = session.handle();
     // A polite SSH disconnect with the reason; the socket is cut a second later
     // in case the peer is not at a point where it can be sent or heard.
