@@ -3,6 +3,7 @@
 //! `core/` can be unit-tested and fuzzed from bytes alone; the drivers in
 //! `ingest/` feed it events and carry out the effects it returns.
 
+pub mod authkeys;
 pub mod defender;
 pub mod naming;
 pub mod netmatch;

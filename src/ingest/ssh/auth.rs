@@ -7,24 +7,11 @@
 //! option that would change what it may do (`command=`, `principals=`,
 //! `cert-authority`, `expiry-time=`, ...) is not used, with a warning.
 
-use crate::core::netmatch::from_matches;
+use crate::core::authkeys::options_allow;
 use crate::core::vpath::glob_match;
 use russh::keys::ssh_key::{authorized_keys::AuthorizedKeys, PublicKey};
 use std::net::IpAddr;
 use std::path::Path;
-
-/// Options that only switch off features this server never offers.
-const HARMLESS: [&str; 9] = [
-    "restrict",
-    "no-pty",
-    "no-port-forwarding",
-    "no-agent-forwarding",
-    "no-X11-forwarding",
-    "no-user-rc",
-    "no-touch-required",
-    "verify-required",
-    "pty",
-];
 
 /// A login name usable in a `%u` path: no separators, no dot-names.
 fn safe_login(user: &str) -> bool {
@@ -136,32 +123,6 @@ pub fn check(
         }
     }
     Err(why.unwrap_or_else(|| "key not in authorized_keys".into()))
-}
-
-/// `Ok(true)` if the options let a connection from `ip` use the key; `Err(option)`
-/// for an option this server does not support.
-fn options_allow<'a>(
-    opts: impl Iterator<Item = &'a str>,
-    ip: Option<IpAddr>,
-) -> Result<bool, String> {
-    let mut allowed = true;
-    for opt in opts {
-        let (name, value) = match opt.split_once('=') {
-            Some((n, v)) => (n, Some(v.trim_matches('"'))),
-            None => (opt, None),
-        };
-        match (name.to_ascii_lowercase().as_str(), value) {
-            ("from", Some(list)) => {
-                if !ip.is_some_and(|ip| from_matches(list, ip)) {
-                    allowed = false;
-                }
-            }
-            (n, None) if HARMLESS.iter().any(|h| h.eq_ignore_ascii_case(n)) => {}
-            ("permitopen" | "permitlisten" | "environment", Some(_)) => {}
-            _ => return Err(opt.to_string()),
-        }
-    }
-    Ok(allowed)
 }
 
 #[cfg(test)]
