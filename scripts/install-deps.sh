@@ -16,6 +16,11 @@ PACKAGES=(
   "haproxy pkg"
   "ipvsadm pkg"
   "iproute2 pkg"
+  # the pool lab (tests/lab/lab.sh): a real GlusterFS volume, BLAKE3 checks
+  "glusterfs-server pkg"
+  "glusterfs-client pkg"
+  "b3sum cmd:b3sum"
+  "python3 cmd:python3"
 )
 
 is_installed() {
