@@ -18,7 +18,7 @@
 # keepalived -P + HAProxy from keepalived/haproxy.cfg (adapt-haproxy.sh).
 # Needs root, target/release/ingestd (built by `cargo build --release` or
 # `cargo test --release`), and the packages from scripts/install-deps.sh.
-# LAB_KEEP=1 keeps the lab directory (logs) after teardown.
+# LAB_KEEP=1 copies the logs and configs to $LAB.logs before teardown.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
@@ -45,7 +45,9 @@ until_ok() {
   local end=$(( $(date +%s) + $1 )); shift
   until "$@"; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.2; done
 }
-waitgone() { local p; for p in "$@"; do until_ok 10 test ! -e "/proc/$p" || true; done; }
+# gone: no such process, or a zombie (its sockets and files are closed already)
+gone() { [ ! -e "/proc/$1" ] || [ "$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)" = Z ]; }
+waitgone() { local p; for p in "$@"; do until_ok 10 gone "$p" || true; done; }
 nspids() { ip netns pids "$P-$1" 2>/dev/null; }
 killns() { local p; p=$(nspids "$1"); [ -n "$p" ] && kill -9 $p 2>/dev/null; waitgone $p; }
 
@@ -79,11 +81,15 @@ teardown() {
   if [ -z "$(ip netns list 2>/dev/null)" ]; then
     umount /run/netns 2>/dev/null && rmdir /run/netns 2>/dev/null
   fi
-  if [ "${LAB_KEEP:-0}" = 1 ]; then
-    rm -rf "$LAB/bricks"; log "lab directory kept: $LAB"
-  else
-    rm -rf "$LAB"
+  if [ "${LAB_KEEP:-0}" = 1 ] && [ -d "$LAB" ]; then
+    rm -rf "$LAB.logs"; mkdir -p "$LAB.logs"
+    (cd "$LAB" && find . -path ./bricks -prune -o \( -name '*.log' -o -name '*.txt' -o -name '*.err' \
+      -o -name '*.conf' -o -name '*.cfg' -o -name '*.toml' \) -exec cp --parents {} "$LAB.logs/" \; 2>/dev/null)
+    log "logs kept in $LAB.logs"
   fi
+  # The lab's files live on its own tmpfs: no slow deletes (discard) on the host disk.
+  if mountpoint -q "$LAB"; then umount "$LAB" 2>/dev/null || umount -l "$LAB"; fi
+  rmdir "$LAB" 2>/dev/null || rm -rf "$LAB"
   log "done in $(( $(date +%s) - T0 ))s (exit $rc)"
   exit "$rc"
 }
@@ -101,8 +107,13 @@ for ns in $(ip netns list 2>/dev/null | awk -v p="$P-" 'index($1, p) == 1 {print
 done
 for m in $(awk -v l="$LAB/mnt/" 'index($2, l) == 1 {print $2}' /proc/mounts); do umount -l "$m"; done
 for ns in $(ip netns list 2>/dev/null | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do ip netns del "$ns"; done
-rm -rf "$LAB"; mkdir -p "$LAB"; : > "$LAB/events.txt"
+mountpoint -q "$LAB" && { umount "$LAB" || umount -l "$LAB"; }
+rm -rf "$LAB"; mkdir -p "$LAB"
 trap teardown EXIT
+# Spools, bricks and logs on a tmpfs of the lab's own (Gluster needs its trusted.*
+# xattrs, which tmpfs has); teardown is one umount.
+mount -t tmpfs -o size=2g,mode=0755 ilab-tmpfs "$LAB" || die "tmpfs on $LAB"
+: > "$LAB/events.txt"
 trap 'exit 130' INT TERM
 
 if [ -e /proc/net/ip_vs ] || { command -v modprobe >/dev/null && modprobe ip_vs 2>/dev/null && [ -e /proc/net/ip_vs ]; }; then
