@@ -1,5 +1,5 @@
 #!/bin/bash
-# node-maintenance.sh on|off|status [--file PATH] [--health URL] [--port N] [--wait SECS]
+# node-maintenance.sh on|off|status [--config FILE] [--file PATH] [--health URL] [--port N] [--wait SECS]
 # Run ON A POOL NODE. The keepalived-side drain: while ingestd's
 # [health] maintenance_file exists, GET /healthz answers 503 ("maintenance"), every
 # director's HTTP_GET check fails and keepalived sets the node's weight to 0 on both
@@ -9,16 +9,19 @@
 #           connection is left on the node (established on --port); exit 1 on timeout
 #   off     remove the file and wait until /healthz says 200 again
 #   status  show the file, /healthz and the node's SSH connection count
-# Defaults: --file /etc/ingestd/maintenance (must equal [health] maintenance_file),
-# --health http://127.0.0.1:9122/healthz, --port 22, --wait 600.
+# The file and the health URL come from the node's config (--config, default
+# /etc/ingestd/ingestd.toml: [health] maintenance_file and listen) unless given;
+# --port 22, --wait 600 by default.
 set -uo pipefail
-file=/etc/ingestd/maintenance
-health=http://127.0.0.1:9122/healthz
+config=/etc/ingestd/ingestd.toml
+file=""
+health=""
 port=22
 wait=600
 cmd=${1:-}; shift || true
 while [ $# -gt 0 ]; do
   case "$1" in
+    --config) config=$2; shift 2 ;;
     --file) file=$2; shift 2 ;;
     --health) health=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
@@ -26,7 +29,21 @@ while [ $# -gt 0 ]; do
     *) cmd=usage; break ;;
   esac
 done
-code() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$health"; }
+# KEY in the [health] table of the TOML config (simple `key = "value"` lines).
+health_key() {
+  [ -r "$config" ] || return 0
+  awk -v k="$1" '/^[[:space:]]*\[/ {sec = $0; gsub(/[][[:space:]]/, "", sec); next}
+    sec == "health" && $0 ~ "^[[:space:]]*" k "[[:space:]]*=" {
+      v = $0; sub(/^[^=]*=[[:space:]]*"/, "", v); sub(/".*/, "", v); print v; exit }' "$config"
+}
+[ -n "$file" ] || file=$(health_key maintenance_file)
+[ -n "$file" ] || file=/etc/ingestd/maintenance
+if [ -z "$health" ]; then
+  listen=$(health_key listen); listen=${listen:-127.0.0.1:9122}
+  case "$listen" in 0.0.0.0:*) listen=127.0.0.1:${listen#0.0.0.0:} ;; "[::]:"*) listen="[::1]:${listen#\[::\]:}" ;; esac
+  health=http://$listen/healthz
+fi
+code() { curl --noproxy '*' -s -o /dev/null -m 3 -w '%{http_code}' "$health"; }
 conns() { ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l; }
 wait_code() {   # wait_code WANT SECS
   local end=$(( $(date +%s) + $2 ))
@@ -59,14 +76,14 @@ case "$cmd" in
     if wait_code 200 30; then
       echo "node-maintenance: $file removed, /healthz 200: back in rotation once the directors' checks pass"
     else
-      echo "node-maintenance: $file removed but $health does not answer 200: $(curl -s -m 3 "$health")" >&2
+      echo "node-maintenance: $file removed but $health does not answer 200: $(curl --noproxy '*' -s -m 3 "$health")" >&2
       exit 1
     fi
     ;;
   status)
     if [ -e "$file" ]; then echo "maintenance file: present ($file)"; else echo "maintenance file: absent ($file)"; fi
-    echo "healthz: $(code) $(curl -s -m 3 "$health" | head -5 | tr '\n' ' ')"
+    echo "healthz: $(code) $(curl --noproxy '*' -s -m 3 "$health" | head -5 | tr '\n' ' ')"
     echo "ssh connections on :$port: $(conns)"
     ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

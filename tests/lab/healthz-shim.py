@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 host, port, upstream, maint = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
 
 
 class H(http.server.BaseHTTPRequestHandler):
@@ -24,7 +25,7 @@ class H(http.server.BaseHTTPRequestHandler):
             code, body = 503, "maintenance\n"
         else:
             try:
-                with urllib.request.urlopen(upstream, timeout=2) as r:
+                with opener.open(upstream, timeout=2) as r:
                     code, body = r.status, r.read().decode()
             except urllib.error.HTTPError as e:
                 code, body = e.code, e.read().decode()

@@ -157,10 +157,13 @@ glout() { local n=$1; shift; timeout 30 nsenter -t "$(cat "$LAB/${GS[$n]}/run/gl
 for n in 0 1 2 3; do gs_start $n & done; wait
 for n in 0 1 2 3; do gl $n volume list || die "glusterd ${GS[$n]} did not start"; done
 for n in 1 2 3; do gl 0 peer probe ${GS_IP[$n]} || die "peer probe ${GS_IP[$n]}"; done
-peers_ok() { [ "$(glout 0 pool list | grep -c Connected)" -eq 4 ]; }
+# every server must see every other one connected, or a volume create fails staging
+peers_ok() { local n; for n in 0 1 2 3; do [ "$(glout $n pool list | grep -c Connected)" -eq 4 ] || return 1; done; }
 until_ok 30 peers_ok || die "gluster peers not connected: $(glout 0 pool list)"
 bricks=(); for n in 0 1 2 3; do bricks+=("${GS_IP[$n]}:$LAB/bricks/b$((n + 1))"); done
-glout 0 volume create $VOL replica 2 "${bricks[@]}" force >/dev/null || die "volume create: $(glout 0 volume info)"
+vol_create() { glout 0 volume create $VOL replica 2 "${bricks[@]}" force > "$LAB/volume-create.log" 2>&1 ||
+  { gl 0 volume info $VOL; }; }
+until_ok 30 vol_create || die "volume create: $(cat "$LAB/volume-create.log")"
 gl 0 volume set $VOL network.ping-timeout 5 || die "volume set"
 gl 0 volume start $VOL || die "volume start"
 for i in 0 1 2; do
@@ -232,7 +235,7 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do
   until_ok 20 nsx client "$REPO/keepalived/check-ssh-banner" ${NODE_IP[$i]} 22 || die "${NODES[$i]} has no SSH banner"
-  until_ok 20 sh -c "[ \"\$(ip netns exec $P-client curl -s -o /dev/null -w '%{http_code}' http://${NODE_IP[$i]}:9122/healthz)\" = 200 ]" ||
+  until_ok 20 sh -c "[ \"\$(ip netns exec $P-client curl --noproxy '*' -s -o /dev/null -w '%{http_code}' http://${NODE_IP[$i]}:9122/healthz)\" = 200 ]" ||
     die "${NODES[$i]} /healthz is not 200"
 done
 log "nodes: ingestd on ${NODES[*]} (same host key), SSH banner and /healthz 200 on each"
@@ -306,7 +309,8 @@ nsx client ip neigh flush dev eth0 2>/dev/null
 results() { [ -f "$LAB/results-$1.txt" ] && wc -l < "$LAB/results-$1.txt" || echo 0; }
 start_stream() {  # start_stream PHASE MAX WORKERS
   rm -f "$LAB/stop-$1"
-  nsx client "$REPO/tests/lab/sender.sh" "$LAB" "$1" "$2" "$3" &
+  nsx client env SIZE_KIB_MAX="${SIZE_KIB_MAX:-64}" SCP_LIMIT_KBIT="${SCP_LIMIT_KBIT:-}" \
+    "$REPO/tests/lab/sender.sh" "$LAB" "$1" "$2" "$3" &
   SENDER_PID=$!
 }
 stop_stream() { touch "$LAB/stop-$1"; wait "$SENDER_PID"; SENDER_PID=""; }
@@ -350,9 +354,14 @@ log "B: $MN back in rotation"
 # C: director failover ---------------------------------------------------------
 M=$(master); OTHER=$([ "$M" = lvs1 ] && echo lvs2 || echo lvs1)
 log "C: stream; master director $M killed during it (link down + SIGKILL of everything on it)"
-start_stream c 400 3
+# Bigger files at 8 Mbit/s each: transfers are cut mid-data by the kill.
+SIZE_KIB_MAX=1024 SCP_LIMIT_KBIT=8192 start_stream c 400 3
 until_ok 60 at_least c 6 || die "C: stream did not start"
+# Kill while uploads are in flight: at least 2 scp running in the client namespace.
+inflight() { [ "$(ps -o cmd= -p "$(nspids client | tr '\n' ',' | sed 's/,$//')" 2>/dev/null | grep -c '^scp ')" -ge 2 ]; }
+until_ok 10 inflight || log "C: (no upload in flight seen)"
 tk=$(date +%s.%N)
+ev failover_at "$tk"
 ip -n $P-$M link set eth0 down      # the machine is gone: no goodbye on the wire
 killns $M
 until_ok 20 has_vip $OTHER || { stop_stream c; die "C: VIP did not move to $OTHER"; }

@@ -1,7 +1,9 @@
 #!/bin/bash
 # sender.sh DIR PHASE MAX WORKERS: runs in the lab's client namespace. WORKERS
-# parallel senders upload files PHASE-<seq>.bin (seq 0..MAX-1, 1-64 KiB of random
-# bytes) through the VIP, alternating legacy SCP (`scp -O`) and SFTP (`scp`), until
+# parallel senders upload files PHASE-<seq>.bin (seq 0..MAX-1, 1 KiB to
+# $SIZE_KIB_MAX KiB (default 64) of random bytes; scp -l $SCP_LIMIT_KBIT if set, so
+# transfers last long enough to be cut) through the VIP, alternating legacy SCP
+# (`scp -O`) and SFTP (`scp`), until
 # MAX files or until DIR/stop-PHASE exists. A failed scp is retried once after 1 s,
 # as real senders do. One line per file in DIR/results-PHASE.txt:
 #   PHASE SEQ NAME BLAKE3 SIZE ok|FAIL ATTEMPTS START END PROTO
@@ -13,13 +15,15 @@ res=$dir/results-$phase.txt; : > "$res"
 opts=(-q -i "$dir/client_key" -o BatchMode=yes -o UserKnownHostsFile="$dir/known_hosts"
       -o StrictHostKeyChecking=yes -o ConnectTimeout=10 -o ServerAliveInterval=2
       -o ServerAliveCountMax=3 -o LogLevel=ERROR)
+[ -n "${SCP_LIMIT_KBIT:-}" ] && opts+=(-l "$SCP_LIMIT_KBIT")
+kmax=${SIZE_KIB_MAX:-64}
 target="lab@$VIP:"
 worker() {
   local w=$1 i name f size b3 t0 t1 n ok proto
   for ((i = w; i < max; i += workers)); do
     [ -e "$dir/stop-$phase" ] && break
     name=$(printf '%s-%04d.bin' "$phase" "$i"); f=$src/$name
-    size=$(( (RANDOM % 64 + 1) * 1024 - RANDOM % 1000 ))
+    size=$(( (RANDOM % kmax + 1) * 1024 - RANDOM % 1000 ))
     head -c "$size" /dev/urandom > "$f"
     b3=$(b3sum --no-names "$f")
     if (( i % 2 )); then proto=sftp; m=(); else proto=scp; m=(-O); fi

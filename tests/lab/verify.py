@@ -141,9 +141,12 @@ line(bool(b) and tdown > 0 and len(after) >= 10 and not after_on and not b_fail,
 c = by_phase.get("c", [])
 c_fail = [n for n in c if not uploads[n]["ok"]]
 c_retried = [n for n in c if uploads[n]["attempts"] > 1]
+tk = float(events.get("failover_at", "0") or 0)
+c_inflight = [n for n in c if uploads[n]["t0"] < tk < uploads[n]["t1"]]
 line(bool(c) and events.get("failover_to") not in (None, "", "none") and not c_fail,
      f"director failover: master {events.get('failover_from')} killed, VIP on "
-     f"{events.get('failover_to')} after {events.get('failover_secs', '?')}s; {len(c)} uploads, "
+     f"{events.get('failover_to')} after {events.get('failover_secs', '?')}s; {len(c)} uploads "
+     f"({len(c_inflight)} in flight at the kill), "
      f"{len(c) - len(c_fail)} succeeded ({len(c_retried)} on the sender's one retry), failed={len(c_fail)}")
 
 # --- D: gluster server killed -------------------------------------------------------
