@@ -309,7 +309,7 @@ nsx client ip neigh flush dev eth0 2>/dev/null
 results() { [ -f "$LAB/results-$1.txt" ] && wc -l < "$LAB/results-$1.txt" || echo 0; }
 start_stream() {  # start_stream PHASE MAX WORKERS
   rm -f "$LAB/stop-$1"
-  nsx client env SIZE_KIB_MAX="${SIZE_KIB_MAX:-64}" SCP_LIMIT_KBIT="${SCP_LIMIT_KBIT:-}" \
+  nsx client env SIZE_KIB_MAX="${SIZE_KIB_MAX:-64}" SCP_LIMIT_KBIT="${SCP_LIMIT_KBIT:-}" PAUSE="${PAUSE:-}" \
     "$REPO/tests/lab/sender.sh" "$LAB" "$1" "$2" "$3" &
   SENDER_PID=$!
 }
@@ -331,7 +331,7 @@ log "A: done ($(grep -c ' ok ' "$LAB/results-a.txt") ok)"
 MI=2; MN=${NODES[$MI]}
 log "B: stream; $MN put in maintenance (keepalived/node-maintenance.sh on) during it"
 ev maint_node node$((MI + 1))
-start_stream b 400 3
+PAUSE=0.1 start_stream b 5000 3
 until_ok 60 at_least b 6 || die "B: stream did not start"
 tm=$(date +%s.%N)
 nsx $MN "$REPO/keepalived/node-maintenance.sh" on --file "$LAB/$MN/maintenance" \
@@ -355,7 +355,7 @@ log "B: $MN back in rotation"
 M=$(master); OTHER=$([ "$M" = lvs1 ] && echo lvs2 || echo lvs1)
 log "C: stream; master director $M killed during it (link down + SIGKILL of everything on it)"
 # Bigger files at 8 Mbit/s each: transfers are cut mid-data by the kill.
-SIZE_KIB_MAX=1024 SCP_LIMIT_KBIT=8192 start_stream c 400 3
+SIZE_KIB_MAX=1024 SCP_LIMIT_KBIT=8192 start_stream c 5000 3
 until_ok 60 at_least c 6 || die "C: stream did not start"
 # Kill while uploads are in flight: at least 2 scp running in the client namespace.
 inflight() { [ "$(ps -o cmd= -p "$(nspids client | tr '\n' ',' | sed 's/,$//')" 2>/dev/null | grep -c '^scp ')" -ge 2 ]; }
@@ -375,11 +375,11 @@ stop_stream c
 # D: gluster server killed -------------------------------------------------------
 KG=0
 log "D: stream; Gluster server ${GS[$KG]} killed during it"
-start_stream d 400 3
+PAUSE=0.1 start_stream d 5000 3
 until_ok 60 at_least d 6 || die "D: stream did not start"
 before=$(archived_count)
-killns ${GS[$KG]}
 tg=$(date +%s.%N)
+killns ${GS[$KG]}
 ev gluster_killed ${GS[$KG]}
 until_ok 120 after_ge d "$tg" 24 || { stop_stream d; die "D: stream stalled after the Gluster kill"; }
 stop_stream d

@@ -8,6 +8,7 @@
 # as real senders do. One line per file in DIR/results-PHASE.txt:
 #   PHASE SEQ NAME BLAKE3 SIZE ok|FAIL ATTEMPTS START END PROTO
 # (START/END: epoch seconds of the first attempt's start and the last one's end).
+# $PAUSE: seconds each sender waits between two files (a steadier, lighter stream).
 set -u
 dir=$1 phase=$2 max=$3 workers=$4
 src=$dir/src/$phase; mkdir -p "$src"
@@ -35,6 +36,7 @@ worker() {
     done
     t1=$(date +%s.%N)
     echo "$phase $i $name $b3 $size $ok $n $t0 $t1 $proto" >> "$res"
+    [ -n "${PAUSE:-}" ] && sleep "$PAUSE"
   done
 }
 for ((w = 0; w < workers; w++)); do worker "$w" & done
