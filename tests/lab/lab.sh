@@ -22,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-BIN=$REPO/target/release/ingestd
+BIN=${INGESTD_BIN:-$REPO/target/release/ingestd}
 LAB=${LAB_DIR:-/tmp/ingestd-lab}
 P=ilab                      # namespace prefix
 NET=10.99.0
