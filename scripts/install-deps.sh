@@ -16,7 +16,13 @@ PACKAGES=(
   "haproxy pkg"
   "ipvsadm pkg"
   "iproute2 pkg"
+  # the abuse tests check the shipped fail2ban filter against the real log
   "fail2ban cmd:fail2ban-regex"
+  # the pool lab (tests/lab/lab.sh): a real GlusterFS volume, BLAKE3 checks
+  "glusterfs-server pkg"
+  "glusterfs-client pkg"
+  "b3sum cmd:b3sum"
+  "python3 cmd:python3"
 )
 
 is_installed() {

@@ -39,6 +39,22 @@ if ! timeout --kill-after=30s 40m cargo test --release; then
   failed+=("cargo test")
 fi
 
+# --- the director pair and the pool lab (keepalived/, tests/lab/) ----------------
+step "director configs: keepalived -t for lvs1 and lvs2, haproxy -c"
+if ! bash keepalived/check-config.sh --scratch-netns keepalived/keepalived.conf; then
+  failed+=("keepalived config")
+fi
+if ! haproxy -c -q -f keepalived/haproxy.cfg; then
+  failed+=("haproxy config")
+fi
+
+step "pool lab (tests/lab/lab.sh: directors, 3 nodes, GlusterFS, in network namespaces)"
+# Uses target/release/ingestd from the step above. Bounded; tears itself down.
+if ! timeout --kill-after=60s 10m bash tests/lab/lab.sh; then
+  failed+=("pool lab")
+fi
+# --- end of the pool lab block ----------------------------------------------------
+
 step "layering (core is pure; see ARCHITECTURE.md)"
 if ! bash scripts/check-layers.sh; then
   failed+=("check-layers")
