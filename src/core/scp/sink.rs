@@ -553,9 +553,9 @@ impl Sink {
                         }
                         match b {
                             0 => self.finish_file(),
-                            _ => {
+                            other => {
                                 self.line.clear();
-                                self.state = State::SourceLine { fatal: false };
+                                self.state = State::SourceLine { fatal: other == 2 };
                             }
                         }
                     }
@@ -588,8 +588,12 @@ impl Sink {
         self.actions.push_back(Action::FinishFile);
     }
 
-    /// A non-zero status byte after the data: the file is dropped, the
-    /// session goes on (the exit status will be 1).
+    /// The source could not read its own file: it padded the data to the
+    /// announced size and sent `\x01scp: <name>: <error>\n` instead of `\0`,
+    /// and now waits for our reply (OpenSSH scp.c `source()`). The file is
+    /// dropped; the reply (a warning) tells the sender it was not stored; the
+    /// session goes on with the sender's next file (the exit status will be 1),
+    /// as OpenSSH's own sink does. A `\x02` status ends the session.
     fn on_source_error_after_data(&mut self, fatal: bool, raw: &[u8]) {
         let message = match parse_control(&[&[1u8][..], raw].concat()) {
             Ok(Control::SourceError { message, .. }) => message,
@@ -603,8 +607,21 @@ impl Sink {
         });
         self.abort_file();
         self.failed = true;
-        let _ = fatal;
-        self.state = State::Lines;
+        let path = path.unwrap_or_default();
+        if fatal {
+            self.stderr(format!(
+                "ingestd: {path}: not stored: the sender reported a fatal error: {message}"
+            ));
+            self.end_failed(&format!("the sender reported a fatal error: {message}"));
+        } else {
+            self.send_line(
+                1,
+                &format!(
+                    "{path}: not stored: the sender reported an error while sending it ({message})"
+                ),
+            );
+            self.state = State::Lines;
+        }
     }
 
     fn on_eof_between(&mut self) {

@@ -588,6 +588,47 @@ fn send_failure_ends_the_session() {
     assert_eq!(s.actions_after_exit, 0);
 }
 
+/// Issue 7: the source's read failed mid-file (it shrank). OpenSSH pads the
+/// data with zeros to the announced size, sends `\x01scp: <name>: <error>\n`
+/// instead of `\0` and waits for our reply: we must answer at once.
+#[test]
+fn source_read_error_mid_file_is_answered_at_once() {
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.feed(b"C0644 8 big.bin\nabc\0\0\0\0\0\x01scp: /src/big.bin: Broken pipe\n");
+    // No EOF yet: the sender is waiting in response().
+    let m = s.messages();
+    assert_eq!(m.len(), 1, "a reply without waiting for EOF: {:?}", s.sent);
+    assert_eq!(m[0].0, 1);
+    assert!(m[0].1.starts_with("big.bin: not stored"), "{m:?}");
+    assert!(m[0].1.contains("Broken pipe"));
+    assert_eq!(s.aborted, ["big.bin"]);
+    assert!(s.logs.contains(&LogEvent::SourceError {
+        path: Some("big.bin".into()),
+        fatal: false,
+        message: "scp: /src/big.bin: Broken pipe".into()
+    }));
+    // OpenSSH's source goes on with its next file; then EOF: exit 1.
+    s.feed(b"C0644 2 next\nok\0").eof();
+    assert_eq!(s.landed_paths(), ["next"]);
+    assert_eq!(s.exit, Some(1));
+
+    // The message split across packets, then EOF at once.
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.feed(b"C0644 2 a\n\0\0\x01scp: a: Inp")
+        .feed(b"ut/output error\n")
+        .eof();
+    assert_eq!(s.exit, Some(1));
+    assert!(s.landed.is_empty());
+    assert_eq!(s.messages().len(), 1);
+    // A fatal status after the data ends the session.
+    let s = run_session(
+        cfg(args(false, false, false, ".")),
+        b"C0644 1 a\nx\x02boom\n",
+    );
+    assert_eq!(s.exit, Some(1));
+    assert!(s.landed.is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // fuzz
 
