@@ -907,3 +907,42 @@ fn real_scp_of_a_file_that_shrinks_mid_transfer_ends_at_once() {
     wait_partial_empty(&node, "shrunk file");
     assert_still_serves(&node, "scp");
 }
+/// Issue 8: more data than the header announced, or garbage where the status
+/// byte belongs: the sender is told why (a `\x02` line) and the log says it.
+#[test]
+fn more_data_than_announced_is_explained() {
+    for (i, tail) in [&b"hello world\0"[..], b"helloX\n"].iter().enumerate() {
+        let node = held();
+        let token = unique_token();
+        let mut input = format!("C0644 5 evil-{token}\n").into_bytes();
+        input.extend_from_slice(tail);
+        let out = node.ssh_stdin(USER, "scp -t .", &input);
+        assert_eq!(out.status.code(), Some(1), "case {i}:\n{}", show(&out));
+        let pos = out.stdout.iter().position(|b| *b == 2);
+        let Some(pos) = pos else {
+            panic!("case {i}: no \\x02 line on stdout:\n{}", show(&out));
+        };
+        let msg = String::from_utf8_lossy(&out.stdout[pos + 1..]);
+        assert!(
+            msg.starts_with("scp: ")
+                && msg.contains("status byte")
+                && msg.contains("more data than the header announced")
+                && msg.contains(&format!("evil-{token}")),
+            "case {i}: {msg:?}"
+        );
+        let log = node.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("scp upload refused") && l.contains("status byte")),
+            "case {i}: the log says why:\n{log}"
+        );
+        assert_nothing_landed(&node, "more data than announced");
+        wait_partial_empty(&node, "more data than announced");
+    }
+}
+
+hostile_file!(
+    hostile_more_data_than_announced,
+    "C0644 3 evil-{t}\n",
+    &["status byte", "more data"]
+);

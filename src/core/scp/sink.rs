@@ -223,6 +223,14 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
+fn show_byte(b: u8) -> String {
+    if b.is_ascii_graphic() {
+        format!("'{}'", b as char)
+    } else {
+        format!("'\\x{b:02x}'")
+    }
+}
+
 impl Sink {
     /// Start a session; the first actions are the initial `\0` (or a fatal
     /// error if the target is not acceptable).
@@ -553,9 +561,22 @@ impl Sink {
                         }
                         match b {
                             0 => self.finish_file(),
-                            other => {
+                            1 | 2 => {
                                 self.line.clear();
-                                self.state = State::SourceLine { fatal: other == 2 };
+                                self.state = State::SourceLine { fatal: b == 2 };
+                            }
+                            // Not a status byte: the source sent more data than
+                            // its header announced, or garbage. Say so.
+                            other => {
+                                let (path, size) = self
+                                    .file
+                                    .as_ref()
+                                    .map(|c| (c.path.clone(), c.size))
+                                    .unwrap_or_default();
+                                self.fatal(&format!(
+                                    "protocol error: {path}: expected the status byte \\0 after the {size} bytes announced in the header, got {}: more data than the header announced?",
+                                    show_byte(other)
+                                ));
                             }
                         }
                     }

@@ -629,6 +629,33 @@ fn source_read_error_mid_file_is_answered_at_once() {
     assert!(s.landed.is_empty());
 }
 
+/// Issue 8: more data than announced, or garbage where the status byte belongs.
+#[test]
+fn garbage_status_byte_is_explained() {
+    for input in [
+        &b"C0644 5 a.txt\nhello world\0"[..],
+        b"C0644 5 a.txt\nhelloX",
+        b"C0644 0 a.txt\n\n",
+    ] {
+        let mut s = Sim::new(cfg(args(false, false, false, ".")));
+        s.feed(input);
+        assert_eq!(s.exit, Some(1), "ends at once: {input:?}");
+        let m = s.messages();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, 2);
+        assert!(m[0].1.contains("status byte"), "{m:?}");
+        assert!(
+            m[0].1.contains("more data than the header announced"),
+            "{m:?}"
+        );
+        assert!(m[0].1.contains("a.txt"));
+        assert!(!m[0].1.chars().any(char::is_control));
+        assert_eq!(s.aborted, ["a.txt"]);
+        assert!(s.landed.is_empty());
+        assert!(s.logs.iter().any(|l| matches!(l, LogEvent::Fatal { .. })));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // fuzz
 
