@@ -946,3 +946,39 @@ hostile_file!(
     "C0644 3 evil-{t}\n",
     &["status byte", "more data"]
 );
+/// Issue 9: a session that fails after files were acknowledged with `\0`
+/// stores none of them (group commit); every one is named in the log and to
+/// the sender.
+#[test]
+fn acknowledged_files_dropped_by_a_failed_session_are_named() {
+    let node = held();
+    let token = unique_token();
+    let input =
+        format!("C0644 5 first-{token}\nhello\0C0644 5 second \"{token}\"\nworld\0Qgarbage\n");
+    let out = node.ssh_stdin(USER, "scp -t .", input.as_bytes());
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        &out.stdout[..5],
+        b"\0\0\0\0\0",
+        "both files were acked:\n{}",
+        show(&out)
+    );
+    assert_nothing_landed(&node, "failed session");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in [format!("first-{token}"), format!("second \\\"{token}\\\"")] {
+        assert!(
+            err.contains(&name) && err.contains("NOT stored"),
+            "stderr names {name:?} as not stored:\n{}",
+            show(&out)
+        );
+    }
+    let log = node.log();
+    for name in [format!("first-{token}"), format!("second \\\"{token}\\\"")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("not stored") && l.contains(&name)),
+            "the log names {name:?} as dropped:\n{log}"
+        );
+    }
+    wait_partial_empty(&node, "failed session");
+}

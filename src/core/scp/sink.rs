@@ -440,12 +440,33 @@ impl Sink {
         }
     }
 
-    /// End without storing what is staged: exit 1.
-    fn end_failed(&mut self, _why: &str) {
+    /// End without storing what is staged: log and list every dropped file, exit 1.
+    fn end_failed(&mut self, why: &str) {
         self.abort_file();
         self.failed = true;
-        self.staged.clear();
+        let dropped = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
+        for p in &dropped {
+            self.log(LogEvent::Dropped {
+                path: p.clone(),
+                reason: why.to_string(),
+            });
+        }
+        if !dropped.is_empty() {
+            let mut names: Vec<String> = dropped
+                .iter()
+                .take(MAX_LISTED)
+                .map(|p| format!("{p:?}"))
+                .collect();
+            if dropped.len() > MAX_LISTED {
+                names.push(format!("and {} more", dropped.len() - MAX_LISTED));
+            }
+            self.stderr(format!(
+                "ingestd: the session failed ({why}); {} file(s) acknowledged earlier were NOT stored: {}",
+                dropped.len(),
+                names.join(", ")
+            ));
+        }
         self.actions.push_back(Action::Exit(1));
         self.state = State::Done;
         self.input.clear();
@@ -544,6 +565,10 @@ impl Sink {
                                 received,
                                 size: cur.size,
                             });
+                            self.stderr(format!(
+                                "ingestd: {}: the connection ended after {received} of {} bytes; the file was not stored",
+                                cur.path, cur.size
+                            ));
                             self.end_failed(&format!(
                                 "the connection ended in the middle of {}",
                                 cur.path
@@ -652,6 +677,9 @@ impl Sink {
                 received: 0,
                 size: 0,
             });
+            self.stderr(format!(
+                "ingestd: the connection ended inside directory {dir:?} (no 'E' line)"
+            ));
             self.end_failed(&format!("the connection ended inside directory {dir}"));
         } else {
             self.finish();

@@ -471,6 +471,10 @@ fn spool_refusals_warning_and_fatal() {
         vec![(2, "b: cannot store file: spool error: EIO".to_string())]
     );
     assert!(s.landed.is_empty());
+    assert!(s.logs.contains(&LogEvent::Dropped {
+        path: "a".into(),
+        reason: "b: cannot store file: spool error: EIO".into()
+    }));
 }
 
 #[test]
@@ -495,6 +499,11 @@ fn eof_inside_a_directory_fails() {
     );
     assert_eq!(s.exit, Some(1));
     assert!(s.landed.is_empty());
+    assert!(
+        s.stderr.iter().any(|l| l.contains("\"d/f\"")),
+        "{:?}",
+        s.stderr
+    );
 }
 
 #[test]
@@ -519,73 +528,7 @@ fn source_error_lines_between_files() {
     );
     assert_eq!(s.exit, Some(1));
     assert!(s.landed.is_empty());
-}
-
-#[test]
-fn write_and_finish_failures_are_fatal() {
-    let mut s = Sim::new(cfg(args(false, false, false, ".")));
-    s.fail_write_after = Some(1);
-    s.feed(b"C0644 1 a\nx\0C0644 6 b\nab")
-        .feed(b"cd")
-        .feed(b"ef\0");
-    assert_eq!(s.exit, Some(1));
-    let m = s.messages();
-    assert_eq!(m, vec![(2, "a: write failed: disk on fire".to_string())]);
-    assert!(s.landed.is_empty());
-
-    let mut s = Sim::new(cfg(args(false, false, false, ".")));
-    s.fail_finish = true;
-    s.feed(b"C0644 1 a\nx\0");
-    assert_eq!(s.exit, Some(1));
-    assert_eq!(
-        s.messages(),
-        vec![(2, "a: cannot store file: no record".to_string())]
-    );
-}
-
-#[test]
-fn group_commit_thresholds() {
-    let mut c = cfg(args(false, false, false, "."));
-    c.group_max_files = 2;
-    let s = run_session(c.clone(), b"C0644 1 a\nx\0C0644 1 b\ny\0C0644 1 c\nz\0");
-    assert_eq!(s.commits, 2, "one early commit, one at the end");
-    assert_eq!(s.landed_paths(), ["a", "b", "c"]);
-    assert_eq!(s.sent, b"\0\0\0\0\0\0\0");
-    assert_eq!(s.exit, Some(0));
-
-    let mut c = cfg(args(false, false, false, "."));
-    c.group_max_bytes = 10;
-    let s = run_session(c, b"C0644 6 a\nxxxxxx\0C0644 6 b\nyyyyyy\0C0644 1 c\nz\0");
-    assert_eq!(s.commits, 2);
-    assert_eq!(s.exit, Some(0));
-
-    // The early commit succeeded, a later failure drops only what followed it.
-    let mut c = cfg(args(false, false, false, "."));
-    c.group_max_files = 2;
-    let s = run_session(c, b"C0644 1 a\nx\0C0644 1 b\ny\0C0644 1 c\nz\0Qbad\n");
-    assert_eq!(s.landed_paths(), ["a", "b"]);
-    assert_eq!(s.exit, Some(1));
-
-    // A failed commit: everything staged is named as not stored.
-    let mut s = Sim::new(cfg(args(false, false, false, ".")));
-    s.fail_commit = true;
-    s.feed(b"C0644 1 a\nx\0").eof();
-    assert_eq!(s.exit, Some(1));
-    assert!(s.stderr.iter().any(|l| l.contains("could not store")));
-}
-
-#[test]
-fn send_failure_ends_the_session() {
-    let mut s = Sim::new(cfg(args(false, false, false, ".")));
-    s.feed(b"C0644 1 a\nx\0C0644 5 b\nab");
-    s.sink.handle(Event::SendFailed);
-    s.run();
-    assert_eq!(s.exit, Some(1));
-    assert!(s.sink.is_done() && !s.sink.wants_input());
-    assert!(s.logs.contains(&LogEvent::ConnectionLost));
-    // Events after the end change nothing.
-    s.feed(b"C0644 1 c\nx\0").eof();
-    assert_eq!(s.actions_after_exit, 0);
+    assert!(s.stderr.iter().any(|l| l.contains("\"a\"")));
 }
 
 /// Issue 7: the source's read failed mid-file (it shrank). OpenSSH pads the
@@ -654,6 +597,140 @@ fn garbage_status_byte_is_explained() {
         assert!(s.landed.is_empty());
         assert!(s.logs.iter().any(|l| matches!(l, LogEvent::Fatal { .. })));
     }
+}
+
+/// Issue 9: a failure after files were acked: each dropped file is logged and
+/// named to the sender.
+#[test]
+fn dropped_files_are_logged_and_named() {
+    let s = run_session(
+        cfg(args(false, false, false, ".")),
+        b"C0644 1 first\nx\0C0644 1 \"quoted\" name\ny\0Qgarbage\n",
+    );
+    assert_eq!(s.exit, Some(1));
+    assert!(s.landed.is_empty());
+    let dropped: Vec<_> = s
+        .logs
+        .iter()
+        .filter_map(|l| match l {
+            LogEvent::Dropped { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, ["first", "\"quoted\" name"]);
+    assert_eq!(s.stderr.len(), 1, "{:?}", s.stderr);
+    assert!(s.stderr[0].contains("2 file(s)"));
+    assert!(s.stderr[0].contains("\"first\""));
+    assert!(
+        s.stderr[0].contains(r#""\"quoted\" name""#),
+        "{:?}",
+        s.stderr
+    );
+
+    // Many files: every one logged, the stderr line is bounded.
+    let mut input = vec![];
+    for i in 0..50 {
+        input.extend_from_slice(format!("C0644 1 f{i}\nx\0").as_bytes());
+    }
+    input.extend_from_slice(b"C0644 1 last\nxy");
+    let s = run_session(cfg(args(false, false, false, ".")), &input);
+    assert_eq!(
+        s.logs
+            .iter()
+            .filter(|l| matches!(l, LogEvent::Dropped { .. }))
+            .count(),
+        50
+    );
+    assert!(s.stderr.iter().any(|l| l.contains("and 30 more")));
+    assert!(
+        s.logs.contains(&LogEvent::Aborted {
+            path: "last".into(),
+            received: 2,
+            size: 1
+        }) || s.messages().iter().any(|(k, _)| *k == 2)
+    );
+}
+
+#[test]
+fn write_and_finish_failures_are_fatal() {
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.fail_write_after = Some(1);
+    s.feed(b"C0644 1 a\nx\0C0644 6 b\nab")
+        .feed(b"cd")
+        .feed(b"ef\0");
+    assert_eq!(s.exit, Some(1));
+    let m = s.messages();
+    assert_eq!(m, vec![(2, "a: write failed: disk on fire".to_string())]);
+    assert!(s.landed.is_empty());
+
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.fail_finish = true;
+    s.feed(b"C0644 1 a\nx\0");
+    assert_eq!(s.exit, Some(1));
+    assert_eq!(
+        s.messages(),
+        vec![(2, "a: cannot store file: no record".to_string())]
+    );
+}
+
+#[test]
+fn group_commit_thresholds() {
+    let mut c = cfg(args(false, false, false, "."));
+    c.group_max_files = 2;
+    let s = run_session(c.clone(), b"C0644 1 a\nx\0C0644 1 b\ny\0C0644 1 c\nz\0");
+    assert_eq!(s.commits, 2, "one early commit, one at the end");
+    assert_eq!(s.landed_paths(), ["a", "b", "c"]);
+    assert_eq!(s.sent, b"\0\0\0\0\0\0\0");
+    assert_eq!(s.exit, Some(0));
+
+    let mut c = cfg(args(false, false, false, "."));
+    c.group_max_bytes = 10;
+    let s = run_session(c, b"C0644 6 a\nxxxxxx\0C0644 6 b\nyyyyyy\0C0644 1 c\nz\0");
+    assert_eq!(s.commits, 2);
+    assert_eq!(s.exit, Some(0));
+
+    // The early commit succeeded, a later failure drops only what followed it.
+    let mut c = cfg(args(false, false, false, "."));
+    c.group_max_files = 2;
+    let s = run_session(c, b"C0644 1 a\nx\0C0644 1 b\ny\0C0644 1 c\nz\0Qbad\n");
+    assert_eq!(s.landed_paths(), ["a", "b"]);
+    assert_eq!(s.exit, Some(1));
+    let dropped: Vec<_> = s
+        .logs
+        .iter()
+        .filter(|l| matches!(l, LogEvent::Dropped { .. }))
+        .collect();
+    assert_eq!(dropped.len(), 1);
+
+    // A failed commit: everything staged is named as not stored.
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.fail_commit = true;
+    s.feed(b"C0644 1 a\nx\0").eof();
+    assert_eq!(s.exit, Some(1));
+    assert!(s.stderr.iter().any(|l| l.contains("could not store")));
+    assert!(s.stderr.iter().any(|l| l.contains("\"a\"")));
+    assert!(s
+        .logs
+        .iter()
+        .any(|l| matches!(l, LogEvent::Dropped { path, .. } if path == "a")));
+}
+
+#[test]
+fn send_failure_ends_the_session() {
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.feed(b"C0644 1 a\nx\0C0644 5 b\nab");
+    s.sink.handle(Event::SendFailed);
+    s.run();
+    assert_eq!(s.exit, Some(1));
+    assert!(s.sink.is_done() && !s.sink.wants_input());
+    assert!(s.logs.contains(&LogEvent::ConnectionLost));
+    assert!(s
+        .logs
+        .iter()
+        .any(|l| matches!(l, LogEvent::Dropped { path, .. } if path == "a")));
+    // Events after the end change nothing.
+    s.feed(b"C0644 1 c\nx\0").eof();
+    assert_eq!(s.actions_after_exit, 0);
 }
 
 // ---------------------------------------------------------------------------
