@@ -982,3 +982,35 @@ fn acknowledged_files_dropped_by_a_failed_session_are_named() {
     }
     wait_partial_empty(&node, "failed session");
 }
+/// Issue 6: a file name that is not UTF-8 is refused with a warning that names
+/// it (escaped); the other files of the command still land.
+#[test]
+fn non_utf8_file_name_is_refused_clearly() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = held();
+    let bad = node
+        .src
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9-latin1.txt"));
+    random_file(&bad, 100);
+    let good = node.src.join("good.txt");
+    let content = random_file(&good, 200);
+    let target = node.target(USER, "");
+    let child = node.scp_o_spawn(&[bad.as_os_str(), good.as_os_str(), target.as_ref()]);
+    let out = wait_output_within(child, Duration::from_secs(60)).expect("scp ends");
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r"caf\xe9-latin1.txt") && err.contains("not valid UTF-8"),
+        "the refusal names the file, escaped:\n{}",
+        show(&out)
+    );
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1, "only the good file lands");
+    assert_entry(&landed[0], &content, "good.txt", "scp");
+    let log = node.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("scp file refused") && l.contains(r"caf\\xe9")),
+        "the log names it:\n{log}"
+    );
+}

@@ -17,7 +17,7 @@
 //! in sync) `\x01scp: <name>: <error>\n`, after which it waits for our reply.
 
 use crate::core::scp::exec::ScpArgs;
-use crate::core::scp::frame::{parse_control, Control, ProtoError, MAX_LINE};
+use crate::core::scp::frame::{escape_bytes, parse_control, Control, ProtoError, MAX_LINE};
 use crate::core::vpath::{self, PathError};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -209,11 +209,6 @@ pub struct Sink {
     /// The control line being accumulated.
     line: Vec<u8>,
     actions: VecDeque<Action>,
-}
-
-/// `"name"` with every byte that is not printable ASCII escaped.
-fn escape_bytes(b: &[u8]) -> String {
-    format!("\"{}\"", b.escape_ascii())
 }
 
 /// A message safe to send on one line: control characters become `?`.
@@ -706,6 +701,21 @@ impl Sink {
     fn on_line(&mut self, line: &[u8]) {
         let ctl = match parse_control(line) {
             Ok(c) => c,
+            Err(e @ ProtoError::NameNotUtf8(_)) => {
+                if line.first() == Some(&b'D') && !self.cfg.args.recursive {
+                    return self.fatal("received a directory without -r");
+                }
+                // A name we cannot store, not an attack: the sender skips this
+                // file (or directory) and goes on.
+                self.times = None;
+                self.failed = true;
+                let reason = format!("{e}; not stored (only UTF-8 names are accepted)");
+                self.log(LogEvent::FileRefused {
+                    path: String::new(),
+                    reason: reason.clone(),
+                });
+                return self.send_line(1, &reason);
+            }
             Err(e) => return self.fatal(&e.to_string()),
         };
         match ctl {

@@ -733,6 +733,27 @@ fn send_failure_ends_the_session() {
     assert_eq!(s.actions_after_exit, 0);
 }
 
+/// Issue 6: a name that is not UTF-8 is refused with a warning naming it, escaped.
+#[test]
+fn non_utf8_names_are_refused_clearly() {
+    let s = run_session(
+        cfg(args(true, false, false, ".")),
+        // The source skips a refused directory: no E follows.
+        b"C0644 3 caf\xe9.txt\nC0644 2 ok\nok\0D0755 0 d\xff\"\n",
+    );
+    let m = s.messages();
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(m[0].0, 1);
+    assert!(
+        m[0].1
+            .contains(r#"file name "caf\xe9.txt" is not valid UTF-8"#),
+        "{m:?}"
+    );
+    assert!(m[1].1.contains(r#""d\xff\"""#), "{m:?}");
+    assert_eq!(s.landed_paths(), ["ok"]);
+    assert_eq!(s.exit, Some(1));
+}
+
 // ---------------------------------------------------------------------------
 // fuzz
 
