@@ -586,6 +586,20 @@ fn hostile_overlong_line() {
 }
 
 #[test]
+fn hostile_eof_in_the_middle_of_a_header_line() {
+    // Used to be taken as a clean end: exit 0 although the file never came.
+    let token = unique_token();
+    run_hostile(
+        Hostile {
+            cmd: "scp -t .",
+            input: format!("C0644 5 evil-{token}").into_bytes(),
+            keywords: Some(&["header line", "protocol"]),
+        },
+        &token,
+    );
+}
+
+#[test]
 fn hostile_truncated_data_then_eof() {
     let token = unique_token();
     run_hostile(

@@ -666,7 +666,14 @@ impl Sink {
     }
 
     fn on_eof_between(&mut self) {
-        if let Some(dir) = self.stack.last().cloned() {
+        if !self.line.is_empty() {
+            // A header the sender never finished: not a clean end.
+            let l = std::mem::take(&mut self.line);
+            let show = escape_bytes(&l[..l.len().min(64)]);
+            self.fatal(&format!(
+                "protocol error: the connection ended in the middle of a header line ({show})"
+            ));
+        } else if let Some(dir) = self.stack.last().cloned() {
             self.log(LogEvent::Aborted {
                 path: dir.clone(),
                 received: 0,

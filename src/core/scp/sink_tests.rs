@@ -492,7 +492,7 @@ fn truncated_data_then_eof() {
 }
 
 #[test]
-fn eof_inside_a_directory_fails() {
+fn eof_inside_a_directory_or_a_header_line_fails() {
     let s = run_session(
         cfg(args(true, false, false, ".")),
         b"D0755 0 d\nC0644 1 f\nx\0",
@@ -504,6 +504,18 @@ fn eof_inside_a_directory_fails() {
         "{:?}",
         s.stderr
     );
+
+    // EOF in the middle of a header line is not a clean end.
+    for input in [&b"C0644 1 f"[..], b"T1 0 1 0", b"C0644 1 a\nx\0E"] {
+        let s = run_session(cfg(args(false, false, false, ".")), input);
+        assert_eq!(s.exit, Some(1), "{input:?}");
+        assert!(s.landed.is_empty(), "{input:?}");
+        let m = s.messages();
+        assert!(
+            m.last().unwrap().1.contains("middle of a header line"),
+            "{m:?}"
+        );
+    }
 }
 
 #[test]
