@@ -586,6 +586,20 @@ fn hostile_overlong_line() {
 }
 
 #[test]
+fn hostile_eof_in_the_middle_of_a_header_line() {
+    // Used to be taken as a clean end: exit 0 although the file never came.
+    let token = unique_token();
+    run_hostile(
+        Hostile {
+            cmd: "scp -t .",
+            input: format!("C0644 5 evil-{token}").into_bytes(),
+            keywords: Some(&["header line", "protocol"]),
+        },
+        &token,
+    );
+}
+
+#[test]
 fn hostile_truncated_data_then_eof() {
     let token = unique_token();
     run_hostile(
@@ -771,5 +785,246 @@ fn landed_files_survive_kill9_and_partial_is_swept_on_restart() {
         node.landed().len(),
         2,
         "both uploads kept across a clean restart"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// edge defects (issues 6-9)
+
+/// Read one `\x01`/`\x02` reply line from a live session: (kind, text).
+fn read_reply_line(s: &mut Session, timeout: Duration) -> Option<(u8, String)> {
+    let kind = s.read_exact_timeout(1, timeout)?[0];
+    let mut line = Vec::new();
+    loop {
+        let b = s.read_exact_timeout(1, Duration::from_secs(5))?[0];
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+    }
+    Some((kind, String::from_utf8_lossy(&line).into_owned()))
+}
+
+/// Issue 7, on the wire: OpenSSH's source whose read fails mid-file (the file
+/// shrank) pads the data with zeros to the announced size, sends
+/// `\x01scp: <name>: <error>\n` instead of `\0`, and waits for the sink's
+/// reply. The reply must come at once (it used to hang until the idle timeout).
+#[test]
+fn source_read_error_mid_file_is_answered_at_once() {
+    let node = held();
+    let token = unique_token();
+    let mut s = node.ssh_spawn(USER, "scp -t .");
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0]),
+        "sink ready; stderr: {}",
+        s.stderr()
+    );
+    assert!(s.write(format!("C0644 8 shrunk-{token}\n").as_bytes()));
+    assert_eq!(
+        s.read_exact_timeout(1, Duration::from_secs(20)),
+        Some(vec![0])
+    );
+    assert!(s.write(b"abc\0\0\0\0\0"));
+    assert!(s.write(format!("\x01scp: /src/shrunk-{token}: Broken pipe\n").as_bytes()));
+    let reply = read_reply_line(&mut s, Duration::from_secs(15));
+    let Some((kind, text)) = reply else {
+        panic!(
+            "no reply to the source's error within 15s (the sender hangs)\nnode log:\n{}",
+            node.log()
+        );
+    };
+    assert_eq!(kind, 1, "a warning: the sender goes on with its next file");
+    assert!(
+        text.starts_with("scp: ") && text.contains(&format!("shrunk-{token}")),
+        "{text:?}"
+    );
+    assert!(text.contains("not stored"), "{text:?}");
+    // The sender has nothing more: EOF ends the session at once, non-zero.
+    s.close_stdin();
+    let st = s.wait_timeout(Duration::from_secs(20));
+    assert!(
+        matches!(st, Some(st) if st.code() == Some(1)),
+        "exit 1 at once: {st:?}"
+    );
+    assert_nothing_landed(&node, "source read error");
+    wait_partial_empty(&node, "source read error");
+    assert_still_serves(&node, "scp");
+}
+
+/// Issue 7 with the real client: a source file truncated while `scp -O` reads
+/// it. scp must end promptly with a non-zero status, the file must not land,
+/// and the other file of the same command must.
+#[test]
+fn real_scp_of_a_file_that_shrinks_mid_transfer_ends_at_once() {
+    let node = held();
+    let before = node.src.join("before.bin");
+    let before_content = random_file(&before, 1000);
+    let f = node.src.join("shrinks.bin");
+    random_file(&f, 8 << 20);
+    let target = node.target(USER, "");
+    // -l 8000 (kbit/s): about 1 MB/s, so the truncation happens mid-file.
+    let child = node.scp_o_spawn(&[
+        "-l".as_ref(),
+        "8000".as_ref(),
+        before.as_os_str(),
+        f.as_os_str(),
+        target.as_ref(),
+    ]);
+    let started = poll(Duration::from_secs(30), || {
+        (node.partial_bytes() > 0).then_some(())
+    });
+    assert!(started.is_some(), "the upload reached spool/partial");
+    // Give `before.bin` time to finish, then cut the big file short.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let out = wait_output_within(child, Duration::from_secs(60));
+    let Some(out) = out else {
+        panic!(
+            "scp hung after its source file shrank\nnode log:\n{}",
+            node.log()
+        );
+    };
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "scp ended late: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        !out.status.success(),
+        "a shrunk file is a failure:\n{}",
+        show(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shrinks.bin") && err.contains("not stored"),
+        "the sender is told the file was not stored:\n{}",
+        show(&out)
+    );
+    let landed = node.landed();
+    assert!(
+        landed.iter().all(|e| e.record.path != "shrinks.bin"),
+        "the shrunk file must not land"
+    );
+    assert_entry(
+        find_one(&landed, "before.bin"),
+        &before_content,
+        "before.bin",
+        "scp",
+    );
+    wait_partial_empty(&node, "shrunk file");
+    assert_still_serves(&node, "scp");
+}
+/// Issue 8: more data than the header announced, or garbage where the status
+/// byte belongs: the sender is told why (a `\x02` line) and the log says it.
+#[test]
+fn more_data_than_announced_is_explained() {
+    for (i, tail) in [&b"hello world\0"[..], b"helloX\n"].iter().enumerate() {
+        let node = held();
+        let token = unique_token();
+        let mut input = format!("C0644 5 evil-{token}\n").into_bytes();
+        input.extend_from_slice(tail);
+        let out = node.ssh_stdin(USER, "scp -t .", &input);
+        assert_eq!(out.status.code(), Some(1), "case {i}:\n{}", show(&out));
+        let pos = out.stdout.iter().position(|b| *b == 2);
+        let Some(pos) = pos else {
+            panic!("case {i}: no \\x02 line on stdout:\n{}", show(&out));
+        };
+        let msg = String::from_utf8_lossy(&out.stdout[pos + 1..]);
+        assert!(
+            msg.starts_with("scp: ")
+                && msg.contains("status byte")
+                && msg.contains("more data than the header announced")
+                && msg.contains(&format!("evil-{token}")),
+            "case {i}: {msg:?}"
+        );
+        let log = node.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("scp upload refused") && l.contains("status byte")),
+            "case {i}: the log says why:\n{log}"
+        );
+        assert_nothing_landed(&node, "more data than announced");
+        wait_partial_empty(&node, "more data than announced");
+    }
+}
+
+hostile_file!(
+    hostile_more_data_than_announced,
+    "C0644 3 evil-{t}\n",
+    &["status byte", "more data"]
+);
+/// Issue 9: a session that fails after files were acknowledged with `\0`
+/// stores none of them (group commit); every one is named in the log and to
+/// the sender.
+#[test]
+fn acknowledged_files_dropped_by_a_failed_session_are_named() {
+    let node = held();
+    let token = unique_token();
+    let input =
+        format!("C0644 5 first-{token}\nhello\0C0644 5 second \"{token}\"\nworld\0Qgarbage\n");
+    let out = node.ssh_stdin(USER, "scp -t .", input.as_bytes());
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        &out.stdout[..5],
+        b"\0\0\0\0\0",
+        "both files were acked:\n{}",
+        show(&out)
+    );
+    assert_nothing_landed(&node, "failed session");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in [format!("first-{token}"), format!("second \\\"{token}\\\"")] {
+        assert!(
+            err.contains(&name) && err.contains("NOT stored"),
+            "stderr names {name:?} as not stored:\n{}",
+            show(&out)
+        );
+    }
+    let log = node.log();
+    for name in [format!("first-{token}"), format!("second \\\"{token}\\\"")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("not stored") && l.contains(&name)),
+            "the log names {name:?} as dropped:\n{log}"
+        );
+    }
+    wait_partial_empty(&node, "failed session");
+}
+/// Issue 6: a file name that is not UTF-8 is refused with a warning that names
+/// it (escaped); the other files of the command still land.
+#[test]
+fn non_utf8_file_name_is_refused_clearly() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = held();
+    let bad = node
+        .src
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9-latin1.txt"));
+    random_file(&bad, 100);
+    let good = node.src.join("good.txt");
+    let content = random_file(&good, 200);
+    let target = node.target(USER, "");
+    let child = node.scp_o_spawn(&[bad.as_os_str(), good.as_os_str(), target.as_ref()]);
+    let out = wait_output_within(child, Duration::from_secs(60)).expect("scp ends");
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r"caf\xe9-latin1.txt") && err.contains("not valid UTF-8"),
+        "the refusal names the file, escaped:\n{}",
+        show(&out)
+    );
+    let landed = node.landed();
+    assert_eq!(landed.len(), 1, "only the good file lands");
+    assert_entry(&landed[0], &content, "good.txt", "scp");
+    let log = node.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("scp file refused") && l.contains(r"caf\\xe9")),
+        "the log names it:\n{log}"
     );
 }

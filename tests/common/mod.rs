@@ -1126,3 +1126,41 @@ pub fn forwarded(node: &Node) -> Vec<(String, Vec<u8>)> {
     v.sort();
     v
 }
+
+// ---------------------------------------------------------------------------
+// scp in the background, with arguments that need not be UTF-8
+
+impl Node {
+    /// `scp -O -P <port> <opts> args...` started in the background with piped
+    /// stdout/stderr; the arguments may be any bytes (non-UTF-8 file names).
+    pub fn scp_o_spawn(&self, args: &[&std::ffi::OsStr]) -> Child {
+        require_tool("/usr/bin/scp");
+        let argv = self.scp_argv(true, &self.key, &[]);
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(args)
+            .current_dir(&self.src)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run scp: {e}"))
+    }
+}
+
+/// Wait for `child` to exit within `timeout` and collect its output; on timeout
+/// kill it and return `None`.
+pub fn wait_output_within(mut child: Child, timeout: Duration) -> Option<Output> {
+    let end = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().expect("collect output"));
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

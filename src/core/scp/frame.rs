@@ -54,10 +54,17 @@ pub enum ProtoError {
     BadEnd,
     #[error("missing file name in header")]
     MissingName,
-    #[error("file name is not valid UTF-8")]
-    NameNotUtf8,
+    /// The raw name is kept so the refusal can show it (escaped).
+    #[error("file name {} is not valid UTF-8", escape_bytes(.0))]
+    NameNotUtf8(Vec<u8>),
     #[error(transparent)]
     BadName(#[from] PathError),
+}
+
+/// `"name"` with every byte that is not printable ASCII escaped (`\xe9`, `\n`,
+/// `\"`): safe to show on a terminal and to put in a log line.
+pub fn escape_bytes(b: &[u8]) -> String {
+    format!("\"{}\"", b.escape_ascii())
 }
 
 /// Printable form of a byte for error messages (never a raw control byte).
@@ -163,7 +170,7 @@ fn parse_entry(rest: &[u8]) -> Result<(u32, u64, String), ProtoError> {
     if name.is_empty() {
         return Err(ProtoError::MissingName);
     }
-    let name = std::str::from_utf8(name).map_err(|_| ProtoError::NameNotUtf8)?;
+    let name = std::str::from_utf8(name).map_err(|_| ProtoError::NameNotUtf8(name.to_vec()))?;
     vpath::validate_name(name)?;
     Ok((mode, size, name.to_string()))
 }
@@ -432,7 +439,13 @@ mod tests {
             b"C0644 1 \xc0\xaf",
             b"D0755 0 \xfe\xfe",
         ] {
-            assert_eq!(parse_control(l), Err(ProtoError::NameNotUtf8), "{l:?}");
+            assert_eq!(
+                parse_control(l),
+                Err(ProtoError::NameNotUtf8(
+                    l[l.iter().rposition(|&b| b == b' ').unwrap() + 1..].to_vec()
+                )),
+                "{l:?}"
+            );
         }
         let mut long = b"C0644 1 ".to_vec();
         long.extend_from_slice(&[b'n'; 256]);
