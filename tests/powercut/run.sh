@@ -238,7 +238,7 @@ round() { # index kind cut
     [ $crc = 0 ] || { echo "round $idx $kind: ERROR checker: $fout"; echo "$kind error" >> "$RES"; return 1; }
     local f1; f1=$(echo "$fout" | head -1)
     rlost=$(kv "$f1" lost); rtorn=$(kv "$f1" torn); rdup=$(kv "$f1" dup); rout=$(kv "$f1" acked_in_out)
-    line="$line | recovery: start=$rstart delivered=$rout/$acked lost=$rlost torn=$rtorn dup=$rdup (${t1}s..$((SECONDS - t0))s)"
+    line="$line | recovery: start=$rstart delivered=$rout/$acked lost=$rlost torn=$rtorn dup=$rdup (recovery $((SECONDS - t1))s)"
     out="$out
 $(echo "$fout" | sed -n '2,25p' | sed 's/^/  after recovery:/')"
     if [ "$rstart" != ok ]; then
