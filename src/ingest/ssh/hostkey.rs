@@ -70,7 +70,10 @@ fn pub_path(path: &Path) -> PathBuf {
 /// The temporary name a file is written under before being renamed to `path`: a
 /// hidden name in the same directory (same filesystem, so the rename is atomic).
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp"))
 }
 
@@ -129,8 +132,7 @@ fn create_dir_all_durable(dir: &Path) -> Result<()> {
 fn write_pub(path: &Path, key: &PrivateKey) -> Result<()> {
     let line = format!("{}\n", key.public_key().to_openssh()?);
     let tmp = write_temp(&pub_path(path), line.as_bytes(), 0o644)?;
-    fs::rename(&tmp, pub_path(path))
-        .with_context(|| format!("renaming {}", tmp.display()))?;
+    fs::rename(&tmp, pub_path(path)).with_context(|| format!("renaming {}", tmp.display()))?;
     fsync_dir(dir_of(path)).with_context(|| format!("fsync of {}", dir_of(path).display()))
 }
 
@@ -239,7 +241,11 @@ mod tests {
     fn leftover_temp_files_are_removed_and_a_key_generated() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("ssh_host_ed25519_key");
-        fs::write(temp_path(&p), b"-----BEGIN OPENSSH PRIVATE KEY-----\npartial").unwrap();
+        fs::write(
+            temp_path(&p),
+            b"-----BEGIN OPENSSH PRIVATE KEY-----\npartial",
+        )
+        .unwrap();
         fs::write(temp_path(&pub_path(&p)), b"").unwrap();
         let key = load_or_generate(&p).unwrap();
         assert!(!temp_path(&p).exists());
@@ -288,7 +294,10 @@ mod tests {
     fn corrupt_key_file_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("ssh_host_ed25519_key");
-        let good = load_or_generate(&p).unwrap().to_openssh(LineEnding::LF).unwrap();
+        let good = load_or_generate(&p)
+            .unwrap()
+            .to_openssh(LineEnding::LF)
+            .unwrap();
         fs::write(&p, &good.as_bytes()[..good.len() / 2]).unwrap();
         let err = format!("{:#}", load_or_generate(&p).unwrap_err());
         assert!(err.contains("cannot load"), "{err}");
