@@ -145,6 +145,8 @@ say "plan:$PLAN"
 
 # ------------------------------------------------------------------ one round
 RES=$W/results.txt; : > "$RES"
+# logstate DAEMONLOG: "landed archived forwarded" counts of ingestd's log lines
+logstate() { awk '/ landed /{l++} /step done/{a++} /forwarded; entry done/{f++} END{print l+0, a+0, f+0}' "$1" 2>/dev/null || echo 0 0 0; }
 count() { local n; n=$(grep -ac "$1" "$2" 2>/dev/null); echo "${n:-0}"; }
 ms_sleep() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
 kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
@@ -172,33 +174,40 @@ round() { # index kind cut
   esac
   truncate -s 1G "$img" && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" ||
     { echo "round $idx $kind: mkfs failed"; return 1; }
-  # When to cut. ack: after the K-th acknowledgement (K at a session boundary) plus a
-  # random delay. pipeline: after the J-th pipeline event (archive step done or entry
-  # forwarded, 2 per file) in the daemon's log, J < all, plus up to 300 ms.
-  local nsess=$(( (n + batch - 1) / batch )) k j=0 dms what
+  # When to cut. ack: after the K-th acknowledgement (K random, at a session boundary)
+  # plus a random 0..MAX_DELAY_MS ms. pipeline: once the daemon has logged the J-th
+  # landing or the J-th archive step done (J random in 1..n, event kind random), at the
+  # first moment its log shows an entry landed and not yet forwarded (an archive copy or
+  # a forward in flight), plus 0-50 ms.
+  local nsess=$(( (n + batch - 1) / batch )) k j=0 dms what pev=""
   k=$(( (1 + RANDOM % nsess) * batch )); [ "$k" -gt "$n" ] && k=$n
   if [ "$cut" = pipeline ]; then
-    j=$(( 1 + RANDOM % (2 * n - 1) )); dms=$(( RANDOM % 301 )); what="pipeline event $j/$((2 * n))+${dms}ms"
+    j=$(( 1 + RANDOM % n )); dms=$(( RANDOM % 51 ))
+    if [ $((RANDOM % 2)) = 0 ]; then pev=l; what="pipeline: after landing $j/$n"
+    else pev=a; what="pipeline: after archive $j/$n"; fi
   else
     dms=$(( RANDOM % (MAX_DELAY_MS + 1) )); what="ack $k/$n+${dms}ms"
   fi
   start_qemu "$RD/console.log" "$RD/daemon.log" "$img" pc.mode=$mode pc.n=$n pc.batch=$batch \
     pc.min=$SIZE_MIN pc.max=$SIZE_MAX pc.round=$idx
-  local why="" tcut tidle=""
+  local why="" tcut armed=""
   while :; do
-    sleep 0.1
+    if [ "$cut" = pipeline ]; then sleep 0.02; else sleep 0.1; fi
     if ! kill -0 $QPID 2>/dev/null; then why="qemu exited by itself"; break; fi
     if grep -aq PCFATAL "$RD/console.log" 2>/dev/null; then why="guest FATAL"; break; fi
     if [ $((SECONDS - t0)) -gt "$BOOT_TMO" ]; then why="timeout (${BOOT_TMO}s) before the cut"; break; fi
     if [ "$cut" = pipeline ]; then
-      pevents=$(( $(count 'step done' "$RD/daemon.log") + $(count 'forwarded; entry done' "$RD/daemon.log") ))
-      if [ "$pevents" -ge "$j" ]; then ms_sleep $dms; why=cut; break; fi
-      # everything done before event J: cut anyway (counted as such)
-      if [ -z "$tidle" ] && grep -aq ALLDONE "$RD/console.log"; then tidle=$SECONDS; fi
-      if [ -n "$tidle" ] && [ $((SECONDS - tidle)) -gt 30 ]; then what="$what (pipeline idle)"; why=cut; break; fi
+      read -r L A F < <(logstate "$RD/daemon.log")
+      if [ -z "$armed" ]; then
+        if { [ $pev = l ] && [ "$L" -ge $j ]; } || { [ $pev = a ] && [ "$A" -ge $j ]; }; then armed=$SECONDS; fi
+      elif [ "$L" -gt "$F" ]; then
+        ms_sleep $dms; what="$what, then in flight+${dms}ms"; why=cut; break
+      elif [ $((SECONDS - armed)) -gt 30 ]; then
+        what="$what, pipeline idle 30s"; why=cut; break
+      fi
     else
       if [ "$(count '^ACKED ' "$RD/console.log")" -ge "$k" ]; then ms_sleep $dms; why=cut; break; fi
-      if grep -aq ALLDONE "$RD/console.log"; then ms_sleep $dms; why=cut; break; fi
+      if grep -aq ALLDONE "$RD/console.log" 2>/dev/null; then ms_sleep $dms; why=cut; break; fi
     fi
   done
   kill -9 $QPID 2>/dev/null; wait $QPID 2>/dev/null; QPID=""
@@ -208,7 +217,8 @@ round() { # index kind cut
     tail -5 "$RD/daemon.log" 2>/dev/null | sed 's/^/    daemon: /'
     echo "$kind error" >> "$RES"; return 1
   fi
-  local pe_cut; pe_cut="arch=$(count 'step done' "$RD/daemon.log") fwd=$(count 'forwarded; entry done' "$RD/daemon.log")"
+  local pe_cut inflight; read -r L A F < <(logstate "$RD/daemon.log"); inflight=$((L - F))
+  pe_cut="landed=$L archived=$A forwarded=$F"
   e2fsck -fy "$img" > "$RD/fsck.log" 2>&1; local frc=$?   # 1 after a cut is normal (free counts)
   [ $frc -ge 4 ] && { echo "round $idx $kind: ERROR e2fsck rc=$frc"; cat "$RD/fsck.log"; echo "$kind error" >> "$RES"; return 1; }
   mount -o loop,ro "$img" "$MNT" || { echo "round $idx $kind: ERROR mount"; echo "$kind error" >> "$RES"; return 1; }
@@ -217,7 +227,7 @@ round() { # index kind cut
   [ $crc = 0 ] || { echo "round $idx $kind: ERROR checker: $out"; echo "$kind error" >> "$RES"; return 1; }
   local l1; l1=$(echo "$out" | head -1)
   local acked lost torn dup; acked=$(kv "$l1" acked); lost=$(kv "$l1" lost); torn=$(kv "$l1" torn); dup=$(kv "$l1" dup)
-  local line="round $idx $kind cut=[$what; acked $acked of $n; at cut $pe_cut] fsck=$frc at-cut: lost=$lost torn=$torn dup=$dup"
+  local line="round $idx $kind cut=[$what; acked $acked of $n; log at cut: $pe_cut] fsck=$frc at-cut: lost=$lost torn=$torn dup=$dup"
   local rstart=- rlost=0 rtorn=0 rdup=0 rout="-"
   if [ "$mode" = ingestd ]; then
     local t1=$SECONDS
@@ -243,13 +253,14 @@ round() { # index kind cut
 $(echo "$fout" | sed -n '2,25p' | sed 's/^/  after recovery:/')"
     if [ "$rstart" != ok ]; then
       out="$out
-$(tr -d '\r' < "$RD/recover-console.log" | grep -a 'PC\[' | sed 's/^/    recover-console: /')
-$(tail -n 4 "$RD/recover-daemon.log" | tr -d '\r' | sed 's/^/    recover-daemon: /')"
+$(tr -d '\r' < "$RD/recover-console.log" | tail -n 25 | sed 's/^/    recover-console: /')
+$(tail -n 5 "$RD/recover-console.qemu.out" 2>/dev/null | sed 's/^/    recover-qemu: /')
+$(tail -n 6 "$RD/recover-daemon.log" | tr -d '\r' | sed 's/\x1b\[[0-9;]*m//g; s/^/    recover-daemon: /')"
     fi
   fi
   echo "$line [${tcut}s to cut, $((SECONDS - t0))s]"
   echo "$out" | sed -n '2,40p'
-  echo "$kind acked=$acked lost=$lost torn=$torn dup=$dup rstart=$rstart rlost=$rlost rtorn=$rtorn rdup=$rdup delivered=$rout" >> "$RES"
+  echo "$kind cut=$cut inflight=$inflight acked=$acked lost=$lost torn=$torn dup=$dup rstart=$rstart rlost=$rlost rtorn=$rtorn rdup=$rdup delivered=$rout" >> "$RES"
   rm -f "$img"
   return 0
 }
@@ -265,8 +276,8 @@ echo
 echo "=============== power-cut summary ($((SECONDS - T_ALL))s, ingestd: $INGESTD)"
 printf '%-8s %6s %6s %6s %6s %6s %10s %10s %7s\n' kind rounds acked lost torn dup delivered no-restart errors
 EXIT=0
-for kind in single multi $CONTROLS; do
-  read -r R A L T D RF DEL E < <(awk -v k="$kind" '$1==k {
+for kind in single multi node $CONTROLS; do
+  read -r R A L T D RF DEL E < <(awk -v k="$kind" '$1==k || (k=="node" && ($1=="single" || $1=="multi")) {
       if ($2=="error") { E++; next }
       for (i=2;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] }
       R++; A+=v["acked"]; L+=v["lost"]+v["rlost"]; T+=v["torn"]+v["rtorn"]; D+=v["dup"]+v["rdup"]
@@ -274,6 +285,10 @@ for kind in single multi $CONTROLS; do
     } END { print R+0, A+0, L+0, T+0, D+0, RF+0, DEL+0, E+0 }' "$RES")
   [ $((R + E)) = 0 ] && continue
   case $kind in
+    node)
+      printf '%-8s %6s %6s %6s %6s %6s %10s %10s %7s   (all node rounds)\n' "$kind" "$R" "$A" "$L" "$T" "$D" "$DEL/$A" "$RF" "$E"
+      continue
+      ;;
     single|multi)
       printf '%-8s %6s %6s %6s %6s %6s %10s %10s %7s\n' "$kind" "$R" "$A" "$L" "$T" "$D" "$DEL/$A" "$RF" "$E"
       [ $((L + T + D)) -gt 0 ] && { echo "FAIL: $kind: the node lost/tore/duplicated acknowledged files"; EXIT=1; }
@@ -289,5 +304,8 @@ for kind in single multi $CONTROLS; do
   esac
   [ "$E" -gt 0 ] && { echo "FAIL: $E round(s) of $kind could not be run"; EXIT=1; }
 done
+awk '($1=="single" || $1=="multi") && $2!="error" { for (i=2;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] }
+       if (v["inflight"]>0) F++; if (v["cut"]=="pipeline") { P++; if (v["inflight"]>0) PF++ } }
+     END { printf "node rounds cut with pipeline work in flight (landed, not yet forwarded): %d (pipeline-timed cuts: %d, of which in flight: %d)\n", F, P, PF }' "$RES"
 echo "powercut: $([ $EXIT = 0 ] && echo PASS || echo "FAIL (exit $EXIT)") in $((SECONDS - T_ALL))s"
 exit $EXIT
