@@ -161,7 +161,7 @@ start_qemu() {
   QPID=$!
 }
 
-round() { # index kind cut
+round() { # index kind cut [again]
   local idx=$1 kind=$2 cut=$3 RD=$W/r$1 t0=$SECONDS
   mkdir -p "$RD"
   local img=$RD/disk.img mode n batch=1 pevents
@@ -212,6 +212,11 @@ round() { # index kind cut
   done
   kill -9 $QPID 2>/dev/null; wait $QPID 2>/dev/null; QPID=""
   tcut=$((SECONDS - t0))
+  if [ "$why" != cut ] && [ -z "${4:-}" ] && ! grep -aq 'init: kernel' "$RD/console.log"; then
+    echo "round $idx $kind: NOTE the boot did not reach the guest's init ($why); running the round again"
+    tr -d '\r' < "$RD/console.log" | tail -n 15 | sed 's/^/    console: /'
+    rm -rf "$RD"; round "$idx" "$kind" "$cut" again; return
+  fi
   if [ "$why" != cut ]; then
     echo "round $idx $kind: ERROR no cut: $why"; tr -d '\r' < "$RD/console.log" | tail -25 | sed 's/^/    console: /'
     tail -5 "$RD/daemon.log" 2>/dev/null | sed 's/^/    daemon: /'
@@ -231,13 +236,23 @@ round() { # index kind cut
   local rstart=- rlost=0 rtorn=0 rdup=0 rout="-"
   if [ "$mode" = ingestd ]; then
     local t1=$SECONDS
-    start_qemu "$RD/recover-console.log" "$RD/recover-daemon.log" "$img" pc.mode=recover pc.round=$idx
-    local qrc=exited
-    while kill -0 $QPID 2>/dev/null; do
-      sleep 0.2
-      [ $((SECONDS - t1)) -gt "$RECOVER_TMO" ] && { qrc="killed after ${RECOVER_TMO}s"; kill -9 $QPID; }
+    local qrc attempt
+    for attempt in 1 2; do
+      start_qemu "$RD/recover-console.log" "$RD/recover-daemon.log" "$img" pc.mode=recover pc.round=$idx
+      qrc=exited
+      while kill -0 $QPID 2>/dev/null; do
+        sleep 0.2
+        [ $((SECONDS - t1)) -gt "$RECOVER_TMO" ] && { qrc="killed after ${RECOVER_TMO}s"; kill -9 $QPID; }
+      done
+      wait $QPID 2>/dev/null; QPID=""
+      # A boot that never reached the guest's init (qemu or kernel trouble) never ran the
+      # node: report it and boot once more. Anything after init is the node's business.
+      grep -aq 'init: kernel' "$RD/recover-console.log" && break
+      echo "round $idx $kind: NOTE recovery boot $attempt did not reach init ($qrc):"
+      tr -d '\r' < "$RD/recover-console.log" | tail -n 15 | sed 's/^/    recover-console: /'
+      sed 's/^/    recover-qemu: /' "$RD/recover-console.qemu.out" 2>/dev/null | tail -n 5
+      cp "$RD/recover-console.log" "$RD/recover-console.$attempt.log" 2>/dev/null
     done
-    wait $QPID 2>/dev/null; QPID=""
     rstart=$(tr -d '\r' < "$RD/recover-console.log" | sed -n 's/.*RECOVER_START \([a-z]*\).*/\1/p' | tail -1)
     rstart=${rstart:-none}
     grep -aq RECOVER_DONE "$RD/recover-console.log" || rstart="$rstart,no-clean-stop($qrc)"
