@@ -145,6 +145,16 @@ else:
         out_names[name].append(f)
         out_b3[name] = b3(os.path.join(od, f))
 
+# temporary files a cut left behind (not a failure: they are under no final name);
+# after recovery they show whether the node's startup sweep removes them
+leftovers = []
+if mode != 'shell':
+    for root, dirs, files in os.walk(mnt):
+        for f in files:
+            if f.startswith('.ingestd-') or f.endswith('.tmp'):
+                leftovers.append(os.path.relpath(os.path.join(root, f), mnt))
+    pd = os.path.join(mnt, 'spool', 'partial')
+    leftovers += [os.path.join('spool/partial', e) for e in (os.listdir(pd) if os.path.isdir(pd) else [])]
 lost = defaultdict(list)    # acknowledged name -> why it counts as lost
 for name, s in acked.items():
     if s not in found:
@@ -169,12 +179,14 @@ in_arch = sum(1 for n, s in acked.items() if any(r.startswith('archive/') for r 
 landed_unacked = len([n for n in sent if n not in acked and sent[n][0] in found])
 print(f'RESULT phase={phase} mode={mode} sent={len(sent)} acked={len(acked)} lost={len(lost)} '
       f'torn={len(torn)} dup={len(dup)} acked_in_out={in_out} acked_in_archive={in_arch} '
-      f'in_spool={len(pending)} landed_unacked={landed_unacked}')
+      f'in_spool={len(pending)} landed_unacked={landed_unacked} leftovers={len(leftovers)}')
 for n in sorted(lost)[:20]:
     print('  LOST', n + ':', ', '.join(lost[n]))
 for x in torn[:20]:
     print('  TORN', x)
 for x in dup[:20]:
     print('  DUP', x)
+for x in leftovers[:5] if phase == 'final' else []:
+    print('  NOTE leftover temporary file after recovery:', x)
 for x in notes[:10]:
     print('  NOTE', x)
