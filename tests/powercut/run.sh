@@ -58,6 +58,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ host tools
+[ "$(id -u)" = 0 ] || setup_fail "needs root (the cut disk image is loop-mounted to be checked)"
 for t in qemu-system-x86_64 mkfs.ext4 e2fsck b3sum ssh scp ssh-keygen cc python3 apt-get \
          dpkg-deb strip gzip mountpoint; do
   command -v "$t" >/dev/null 2>&1 || setup_fail "'$t' missing (bash scripts/install-deps.sh)"
