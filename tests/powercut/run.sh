@@ -22,7 +22,8 @@
 #   MAX_DELAY_MS [1500] extra delay after the chosen acknowledgement
 #   PLAN        explicit round list instead of the counts above, e.g.
 #               "single:ack multi:pipeline nofsync:ack shell:ack"
-#   INGESTD [target/release/ingestd]   KERNEL_CACHE [/var/cache/ingestd-powercut]
+#   INGESTD [target/release/ingestd]   POWERCUT_KERNEL_CACHE [/var/cache/ingestd-powercut]
+#               (where scripts/install-deps.sh downloads the kernel package)
 #   BOOT_TMO [240] seconds allowed for a power-cut boot before the cut
 #   RECOVER_TMO [300] seconds allowed for a recovery boot
 #   MEM [768] guest MiB   KEEP [0] 1 = keep the work dir (disk images, logs)
@@ -37,7 +38,7 @@ CONTROLS=${CONTROLS-"nofsync shell"}; CONTROL_ROUNDS=${CONTROL_ROUNDS:-1}
 SINGLE_N=${SINGLE_N:-6}; MULTI_N=${MULTI_N:-32}; MULTI_BATCH=${MULTI_BATCH:-16}; CONTROL_N=${CONTROL_N:-6}
 SIZE_MIN=${SIZE_MIN:-4096}; SIZE_MAX=${SIZE_MAX:-262144}; MAX_DELAY_MS=${MAX_DELAY_MS:-1500}
 INGESTD=${INGESTD:-$ROOT/target/release/ingestd}
-KERNEL_CACHE=${KERNEL_CACHE:-/var/cache/ingestd-powercut}
+KERNEL_CACHE=${POWERCUT_KERNEL_CACHE:-/var/cache/ingestd-powercut}
 BOOT_TMO=${BOOT_TMO:-240}; RECOVER_TMO=${RECOVER_TMO:-300}; MEM=${MEM:-768}; KEEP=${KEEP:-0}
 CACHE=writeback   # honours guest flushes; never "unsafe" (it ignores them)
 
