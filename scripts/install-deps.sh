@@ -23,6 +23,15 @@ PACKAGES=(
   "glusterfs-client pkg"
   "b3sum cmd:b3sum"
   "python3 cmd:python3"
+  # tests/powercut (the power-cut test): a qemu guest booting Debian's cloud kernel
+  # (downloaded below, not installed) from a busybox initramfs, an ext4 disk image,
+  # the LD_PRELOAD control shim built with cc, a checker in python3 using b3sum.
+  "qemu-system-x86 cmd:qemu-system-x86_64"
+  "busybox-static pkg"
+  "e2fsprogs cmd:mkfs.ext4"
+  "gcc cmd:cc"
+  "libc6-dev pkg"
+  "binutils cmd:strip"
 )
 
 is_installed() {
@@ -44,8 +53,43 @@ for entry in "${PACKAGES[@]}"; do
   missing+=("$pkg")
 done
 
+# The power-cut test's guest kernel: Debian's cloud kernel package, downloaded (not
+# installed) into a cache, only when no version of it is there yet.
+POWERCUT_KERNEL_CACHE=${POWERCUT_KERNEL_CACHE:-/var/cache/ingestd-powercut}
+powercut_kernel() {
+  if ls "$POWERCUT_KERNEL_CACHE"/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1; then
+    return 0
+  fi
+  local pkg
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -z "$pkg" ]; then
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update || return 1
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
+  if [ -z "$pkg" ]; then
+    echo "install-deps: ERROR: cannot resolve linux-image-cloud-amd64" >&2
+    return 1
+  fi
+  echo "install-deps: downloading $pkg into $POWERCUT_KERNEL_CACHE (power-cut test guest kernel)"
+  "${SUDO[@]}" mkdir -p "$POWERCUT_KERNEL_CACHE" &&
+    (cd "$POWERCUT_KERNEL_CACHE" && "${SUDO[@]}" apt-get download "$pkg") &&
+    ls "$POWERCUT_KERNEL_CACHE"/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1
+}
+
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo -n)
+else
+  SUDO=(false)
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all test dependencies present"
+  if ! powercut_kernel; then
+    echo "install-deps: ERROR: could not download the power-cut test's kernel" >&2
+    exit 1
+  fi
   exit 0
 fi
 
@@ -97,6 +141,10 @@ for entry in "${PACKAGES[@]}"; do
 done
 if [ ${#still[@]} -ne 0 ]; then
   echo "install-deps: ERROR: still missing after install: ${still[*]}" >&2
+  exit 1
+fi
+if ! powercut_kernel; then
+  echo "install-deps: ERROR: could not download the power-cut test's kernel" >&2
   exit 1
 fi
 echo "install-deps: done"

@@ -3,8 +3,10 @@
 #   1. install the system packages the tests drive (scripts/install-deps.sh)
 #   2. cargo test --release   (unit + integration tests against the real binary
 #                              and real OpenSSH/paramiko/curl/JSch clients)
-#   3. cargo clippy --all-targets -- -D warnings
-#   4. cargo fmt --check
+#   3. the power-cut test (tests/powercut/run.sh: qemu guest, power cuts during
+#      uploads and the pipeline, recovery boots, controls that must lose files)
+#   4. cargo clippy --all-targets -- -D warnings
+#   5. cargo fmt --check
 # Exits non-zero if any step fails. Every step runs even after an earlier failure
 # (except that nothing runs when the dependencies cannot be installed), so one run
 # reports everything. Tests never skip for a missing tool: they fail.
@@ -37,6 +39,14 @@ step "cargo test --release"
 # Bounded so a hung test cannot eat the CI budget.
 if ! timeout --kill-after=30s 40m cargo test --release; then
   failed+=("cargo test")
+fi
+
+step "power-cut test (tests/powercut/run.sh)"
+# Uses target/release/ingestd (built by the step above; the build is a no-op then).
+# Bounded: the CI set takes about 3-6 minutes on a 2-core machine.
+if ! cargo build --release --quiet ||
+   ! timeout --kill-after=30s 15m bash tests/powercut/run.sh; then
+  failed+=("power-cut test")
 fi
 
 # --- the director pair and the pool lab (keepalived/, tests/lab/) ----------------
