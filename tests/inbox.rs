@@ -71,7 +71,10 @@ fn renamed_in_and_slowly_written_files_are_landed_once_complete() {
     // file must not wait for it
     let node = inbox_node("4s");
     let dir = inbox(&node);
-    wait_for(&node, "inbox created", LONG, || dir.is_dir());
+    // watching (not just created): a renamed-in file must be seen as renamed
+    wait_for(&node, "inbox watching", LONG, || {
+        dir.is_dir() && node.log().contains("inbox watching")
+    });
 
     // 1. written under a temporary name, then renamed in: complete at once
     let renamed = random_bytes(200_000, 1);
@@ -148,7 +151,10 @@ fn renamed_in_and_slowly_written_files_are_landed_once_complete() {
 fn files_dropped_while_the_node_is_down_are_found_by_the_start_rescan() {
     let mut node = inbox_node("1s");
     let dir = inbox(&node);
-    wait_for(&node, "inbox created", LONG, || dir.is_dir());
+    // watching (not just created): a renamed-in file must be seen as renamed
+    wait_for(&node, "inbox watching", LONG, || {
+        dir.is_dir() && node.log().contains("inbox watching")
+    });
     node.stop();
     let mut sent = Vec::new();
     for i in 0..20 {
