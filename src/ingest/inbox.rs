@@ -262,7 +262,7 @@ impl Inbox {
     }
 
     fn on_event(&mut self, ev: notify::Result<notify::Event>) {
-        use notify::event::{ModifyKind, RenameMode};
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
@@ -288,7 +288,16 @@ impl Inbox {
                     }
                 }
             }
-            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Access(_) => {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for p in &ev.paths {
+                    self.observe_path(p, false);
+                }
+            }
+            // Any other access – above all the OPEN of a directory, which every walk
+            // of ours causes – must not trigger another walk: that was an endless
+            // event storm that overflowed the queue and dropped rename events.
+            EventKind::Access(_) => {}
+            EventKind::Create(_) | EventKind::Modify(_) => {
                 for p in &ev.paths {
                     self.observe_path(p, false);
                 }
