@@ -79,6 +79,9 @@ fn renamed_in_and_slowly_written_files_are_landed_once_complete() {
     // 1. written under a temporary name, then renamed in: complete at once
     let renamed = random_bytes(200_000, 1);
     fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    // inotify watches a new directory only once its creation event is handled: a
+    // rename into it within that moment is found by a rescan (and waits for settle)
+    std::thread::sleep(Duration::from_secs(1));
     write_file(&dir.join("sub/deeper/.report.csv.tmp"), &renamed);
     // a name the inbox must ignore, even when complete
     write_file(&dir.join("ignored.part"), b"never landed");
