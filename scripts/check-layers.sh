@@ -19,7 +19,7 @@ check() { # folder, regex, what
     bad=1
   fi
 }
-check core '\b(tokio|nix|libc|notify|russh)::|std::(fs|process|thread|env)\b|std::net::(Tcp|Udp|ToSocketAddrs)|\b(TcpStream|TcpListener|UdpSocket|File)\b|SystemTime::now|Instant::now|\brand::' 'I/O, clocks or randomness'
+check core '\b(tokio|nix|libc|notify|russh)::|std::(fs|process|thread|env)\b|std::net::(Tcp|Udp|ToSocketAddrs)|\b(TcpStream|TcpListener|UdpSocket)\b|\bFile::(open|create)|OpenOptions|SystemTime::now|Instant::now|\brand::' 'I/O, clocks or randomness'
 check core 'crate::(config|spool|ingest|pipeline|ops|app|cli|shutdown)\b' 'anything outside core'
 check spool 'crate::(ingest|pipeline|ops|app|cli)\b' 'ingest, pipeline, ops'
 check pipeline 'crate::(ingest|ops|app|cli)\b' 'ingest or ops'

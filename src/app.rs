@@ -24,8 +24,121 @@ fn init_logging(json: bool) {
     if json {
         b.json().init();
     } else {
-        b.init();
+        b.fmt_fields(SafeFields).init();
     }
+}
+
+/// Field formatting of the plain log: `key=value`, where nothing a sender chose
+/// can forge a line or a field. Every string value is quoted and escaped as Rust
+/// `Debug` does (`path="x size=999"`); any other value that is not a bare token
+/// (spaces, `=`, quotes, control characters) is quoted the same way; the message
+/// keeps its text but control characters (a newline) are escaped.
+pub struct SafeFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for SafeFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = SafeVisitor {
+            w: writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct SafeVisitor<'w> {
+    w: tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl SafeVisitor<'_> {
+    fn put(&mut self, field: &tracing::field::Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = if field.name() == "message" {
+            write!(self.w, "{sep}{}", escape_controls(value))
+        } else {
+            write!(self.w, "{sep}{}={}", field.name(), token(value))
+        };
+    }
+}
+
+impl tracing::field::Visit for SafeVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.put(field, value);
+        } else {
+            let q = format!("{value:?}");
+            self.put(field, &q);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let s = format!("{value:?}");
+        self.put(field, &s);
+    }
+}
+
+/// `s` if it is a bare token or already a well-formed quoted string, else quoted.
+fn token(s: &str) -> std::borrow::Cow<'_, str> {
+    let bare = !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == '"' || c == '\\');
+    if bare || is_quoted(s) {
+        s.into()
+    } else {
+        format!("{s:?}").into()
+    }
+}
+
+/// A `Debug`-formatted string: `"..."` with every inner quote escaped and no
+/// control characters.
+fn is_quoted(s: &str) -> bool {
+    if s.len() < 2 || !s.starts_with('"') || !s.ends_with('"') {
+        return false;
+    }
+    let inner = &s[1..s.len() - 1];
+    let mut esc = false;
+    for c in inner.chars() {
+        if c.is_control() {
+            return false;
+        }
+        if esc {
+            esc = false;
+        } else if c == '\\' {
+            esc = true;
+        } else if c == '"' {
+            return false;
+        }
+    }
+    !esc
+}
+
+/// Control characters (newline, CR, escape, ...) as `\n`, `\u{1b}`.
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// `ingestd run`.
@@ -43,15 +156,30 @@ pub fn run(config: Option<PathBuf>, log_json: bool) -> Result<()> {
 }
 
 async fn run_node(cfg: Arc<Config>) -> Result<()> {
-    let spool = Arc::new(
-        Spool::open(
-            &cfg.spool.dir,
-            &cfg.node_id,
-            cfg.spool.max_file_size.0,
-            cfg.spool.min_free.0,
-        )
-        .with_context(|| format!("spool.dir: cannot use {}", cfg.spool.dir.display()))?,
-    );
+    // Locks the spool first: a second daemon on it is refused before it sweeps
+    // anything (operator commands do not lock).
+    let spool = Spool::open(
+        &cfg.spool.dir,
+        &cfg.node_id,
+        cfg.spool.max_file_size.0,
+        cfg.spool.min_free.0,
+    )
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            anyhow::anyhow!("{e}")
+        } else {
+            anyhow::anyhow!("spool.dir: cannot use {}: {e}", cfg.spool.dir.display())
+        }
+    })?
+    .with_name_check(&cfg.archive.dir, &cfg.archive.layout);
+    let spool = Arc::new(spool);
+    // Claims of inbox files landed just before a crash are resolved before the
+    // pipeline may move their entries on.
+    if let Some(i) = &cfg.inbox {
+        if let Err(e) = ingest::inbox::recover_claims(&i.dir, &spool) {
+            tracing::error!(dir = ?i.dir, error = ?e.to_string(), "inbox: cannot recover claims");
+        }
+    }
     let keys = hostkey::load_all(&cfg.ssh.host_key.to_vec())?;
     let russh_cfg = Arc::new(server::russh_config(&cfg, keys));
     let listeners = server::bind(&cfg).await?;
@@ -80,7 +208,7 @@ async fn run_node(cfg: Arc<Config>) -> Result<()> {
         listeners,
         shutdown.clone(),
     ));
-    tracing::info!(node = %cfg.node_id, spool = %cfg.spool.dir.display(), "ingestd started");
+    tracing::info!(node = ?cfg.node_id, spool = ?cfg.spool.dir, "ingestd started");
 
     wait_for_signal().await;
     tracing::info!("stopping: no new connections; finishing transfers in flight");
@@ -105,5 +233,56 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Untrusted text in any kind of field, or in the message, cannot add a line or
+    /// a field to the plain log.
+    #[test]
+    fn plain_log_fields_cannot_be_forged() {
+        let buf = Buf::default();
+        let b2 = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || b2.clone())
+            .with_ansi(false)
+            .fmt_fields(SafeFields)
+            .finish();
+        let evil = "x size=999\n2026-01-01T00:00:00Z  INFO landed id=forged";
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(user = evil, path = %evil, remote = ?evil, n = 5, ok = "plain", "msg {evil}");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        for f in ["user", "path", "remote"] {
+            assert!(
+                out.contains(&format!(r#" {f}="x size=999\n2026"#)),
+                "{f}: {out}"
+            );
+        }
+        assert!(out.contains("n=5"), "{out}");
+        assert!(out.contains("ok=\"plain\""), "{out}");
+        assert!(out.contains("msg x size=999\\n2026"), "{out}");
+        assert_eq!(token("abc"), "abc");
+        assert_eq!(token("a b"), "\"a b\"");
+        assert_eq!(token("\"a b\""), "\"a b\"");
+        assert_eq!(token("\"a\" b=\"c\""), "\"\\\"a\\\" b=\\\"c\\\"\"");
     }
 }

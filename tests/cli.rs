@@ -489,3 +489,104 @@ fn run_resolves_relative_paths_against_the_config_directory() {
     let out = d.wait_exit(Duration::from_secs(30));
     assert!(out.status.success(), "{}", show(&out));
 }
+
+/// Start `ingestd run` on `cfg` and wait until it serves SSH on `port`.
+fn start_serving(cfg: &Path, cwd: &Path, port: u16) -> Daemon {
+    let mut d = spawn_run(cfg, cwd);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = d.child().try_wait().unwrap() {
+            let out = d.wait_exit(Duration::from_secs(1));
+            panic!("ingestd exited during startup ({st})\n{}", show(&out));
+        }
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut line = String::new();
+            if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("SSH-") {
+                return d;
+            }
+        }
+        assert!(Instant::now() < end, "ingestd did not serve on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A second `ingestd run` on the spool of a running daemon must refuse to start
+/// before it touches anything (it used to sweep the running daemon's `partial/`
+/// and `work/` and only then fail on the busy port); the operator commands keep
+/// working beside the running daemon.
+#[test]
+fn second_run_on_the_same_spool_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("ingestd.toml");
+    fs::write(&cfg, node_config(dir.path(), &format!("127.0.0.1:{port}"))).unwrap();
+    let mut first = start_serving(&cfg, dir.path(), port);
+    let pid = first.child().id();
+
+    // stand-ins for an upload in progress and pipeline scratch of the running daemon
+    let partial = dir.path().join("spool/partial/cli-test-INPROGRESS");
+    fs::create_dir_all(&partial).unwrap();
+    fs::write(partial.join("data"), b"half an upload").unwrap();
+    let work = dir.path().join("spool/work/cli-test-SCRATCH.1-00000000");
+    fs::create_dir_all(&work).unwrap();
+
+    // the same config (same port), and one on another port: both refused at the lock
+    let cfg2 = dir.path().join("other-port.toml");
+    fs::write(
+        &cfg2,
+        node_config(dir.path(), &format!("127.0.0.1:{}", free_port())),
+    )
+    .unwrap();
+    for c in [&cfg, &cfg2] {
+        let out = spawn_run(c, dir.path()).wait_exit(Duration::from_secs(20));
+        assert!(!out.status.success(), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("spool.dir")
+                && err.contains("in use by another ingestd")
+                && err.contains(&format!("pid {pid}")),
+            "stderr must say the spool is in use by pid {pid}\n{}",
+            show(&out)
+        );
+        assert!(
+            partial.join("data").is_file() && work.is_dir(),
+            "the second run swept the running daemon's partial/ or work/"
+        );
+    }
+    assert!(
+        first.child().try_wait().unwrap().is_none(),
+        "first daemon died"
+    );
+
+    // operator commands work beside the running daemon
+    let out = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let out = Command::new(BIN)
+        .args(["retry", "--all", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+
+    // once the first daemon is gone (even by SIGKILL) the spool is free again
+    first.child().kill().unwrap();
+    let _ = first.child().wait();
+    let mut again = start_serving(&cfg, dir.path(), port);
+    assert!(
+        !partial.exists(),
+        "a new daemon sweeps partial/ of the one that died"
+    );
+    let pid = again.child().id() as libc::pid_t;
+    // SAFETY: plain kill(2) on our own unreaped child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = again.wait_exit(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", show(&out));
+}

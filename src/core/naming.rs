@@ -82,10 +82,64 @@ fn landing_date(rec: &Record) -> String {
     humantime::format_rfc3339(t).to_string()[..10].to_string()
 }
 
+/// Deepest sender path accepted (components of `a/b/c`), so `scp -r` of an
+/// absurdly deep tree cannot fill the archive with directories.
+pub const MAX_DEPTH: usize = 64;
+/// Longest archive path accepted (archive dir + rendered layout + `.record.json`),
+/// well under Linux's PATH_MAX of 4096, leaving room for mount points moving.
+pub const MAX_ARCHIVE_PATH: usize = 3072;
+/// Suffix of the archived record beside each copy.
+pub const RECORD_SUFFIX: &str = ".record.json";
+
+/// Can the file of `rec` be archived under `layout` in `archive_dir` (and then
+/// forwarded)? Every component of the archive path, including the record's
+/// `.record.json` name and the step's temporary names, must fit in 255 bytes, the
+/// whole path in [`MAX_ARCHIVE_PATH`] bytes, and the sender path must be at most
+/// [`MAX_DEPTH`] levels deep. Forward names are bounded by [`forward_name`]. Checked
+/// when a file is admitted, so nothing is acknowledged that could never be
+/// delivered. The error is shown to the sender.
+pub fn check_storable(archive_dir: &Path, layout: &str, rec: &Record) -> Result<(), String> {
+    let depth = rec.path.split('/').count();
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "path too deep: {depth} levels (this server accepts at most {MAX_DEPTH})"
+        ));
+    }
+    let rel = render_layout(layout, rec)?;
+    let n = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
+        let mut len = c.as_os_str().len();
+        if i + 1 == n {
+            len += RECORD_SUFFIX.len();
+        }
+        if len > NAME_MAX {
+            return Err(format!(
+                "name too long: the archive copy would need a name of {len} bytes \
+                 (at most {NAME_MAX}, including the {RECORD_SUFFIX:?} of its record); \
+                 shorten the file or directory name"
+            ));
+        }
+    }
+    let tmp = format!(".ingestd-{}.record.tmp", rec.id);
+    if tmp.len() > NAME_MAX {
+        return Err(format!(
+            "name too long: node id and id make a {}-byte name",
+            tmp.len()
+        ));
+    }
+    let total = archive_dir.as_os_str().len() + 1 + rel.as_os_str().len() + RECORD_SUFFIX.len();
+    if total > MAX_ARCHIVE_PATH {
+        return Err(format!(
+            "path too long: the archive path would be {total} bytes (at most {MAX_ARCHIVE_PATH})"
+        ));
+    }
+    Ok(())
+}
+
 /// `<archive path>.record.json`
 pub fn record_path(archived: &Path) -> PathBuf {
     let mut s = archived.as_os_str().to_os_string();
-    s.push(".record.json");
+    s.push(RECORD_SUFFIX);
     PathBuf::from(s)
 }
 
@@ -134,6 +188,38 @@ mod tests {
             record_path(Path::new("/a/b.txt")),
             PathBuf::from("/a/b.txt.record.json")
         );
+    }
+
+    #[test]
+    fn storable_names() {
+        let dir = Path::new("/srv/backup/ingestd");
+        let lay = "{date}/{node}/{id}/{name}";
+        let mut r = rec();
+        assert!(check_storable(dir, lay, &r).is_ok());
+        r.path = "d/".to_string() + &"n".repeat(243);
+        assert!(check_storable(dir, lay, &r).is_ok());
+        r.path = "d/".to_string() + &"n".repeat(244);
+        let e = check_storable(dir, lay, &r).unwrap_err();
+        assert!(e.starts_with("name too long"), "{e}");
+        // a directory component may use all 255 bytes; 256 do not fit
+        r.path = "d".repeat(255) + "/f";
+        assert!(check_storable(dir, lay, &r).is_ok());
+        r.path = "d".repeat(256) + "/f";
+        assert!(check_storable(dir, lay, &r).is_err());
+        // {user}-{name} in one component: both count
+        r.path = "n".repeat(240);
+        assert!(check_storable(dir, "{id}/{user}-{name}", &r).is_err());
+        assert!(check_storable(dir, "{id}/{user}/{name}", &r).is_ok());
+        r.path = vec!["d"; MAX_DEPTH - 1].join("/") + "/f";
+        assert!(check_storable(dir, lay, &r).is_ok());
+        r.path = vec!["d"; MAX_DEPTH].join("/") + "/f";
+        let e = check_storable(dir, lay, &r).unwrap_err();
+        assert!(e.starts_with("path too deep"), "{e}");
+        r.path = vec!["x".repeat(200); 16].join("/");
+        let e = check_storable(dir, lay, &r).unwrap_err();
+        assert!(e.starts_with("path too long"), "{e}");
+        r.path = "../x".into();
+        assert!(check_storable(dir, lay, &r).is_err());
     }
 
     #[test]

@@ -54,11 +54,14 @@ fn log_landed(r: &crate::core::record::Record, started: std::time::Instant) {
     } else {
         0.0
     };
+    // Every field a sender (or inbox producer) can influence is a Debug field:
+    // quoted and escaped, so a name like `x size=999` or one with a newline cannot
+    // forge a field or a line.
     tracing::info!(
-        id = %r.id,
-        user = %r.user,
-        remote = %r.remote_addr,
-        protocol = %r.protocol,
+        id = ?r.id,
+        user = ?r.user,
+        remote = ?r.remote_addr,
+        protocol = ?r.protocol,
         path = ?r.path,
         size = r.size,
         blake3 = %r.blake3,

@@ -46,7 +46,7 @@ impl FileWriter {
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
         tokio::task::spawn_blocking(move || {
-            let partial = spool.admit(admit).and_then(|()| Ok(spool.begin(info)?));
+            let partial = spool.admit(admit).and_then(|()| spool.begin(info));
             match partial {
                 Ok(p) => {
                     let _ = started_tx.send(Ok(()));

@@ -128,7 +128,9 @@ pub fn check_root(what: &str, root: &Path) -> Result<(), StepError> {
 }
 
 /// Create `dir` (somewhere under the existing `root`) and every missing parent up
-/// to `root`; each new directory is made durable by fsyncing its parent.
+/// to `root`, and make every level durable by fsyncing its parent – also when the
+/// directory already exists: it may be left by an attempt that crashed after
+/// `mkdir` and before the fsync, so its name may not be on disk yet.
 pub fn create_dirs_durable(root: &Path, dir: &Path) -> io::Result<()> {
     let rel = dir
         .strip_prefix(root)
@@ -137,10 +139,11 @@ pub fn create_dirs_durable(root: &Path, dir: &Path) -> io::Result<()> {
     for c in rel.components() {
         let next = cur.join(c);
         match fs::create_dir(&next) {
-            Ok(()) => fsync_dir(&cur)?,
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
+        fsync_dir(&cur)?;
         cur = next;
     }
     Ok(())
@@ -265,6 +268,31 @@ mod tests {
         let r = copy_verified(&t.path().join("none"), &tmp, &dst, None, None);
         assert!(matches!(r, Err(CopyError::Source(_))));
         assert_eq!(hash_file(&dst).unwrap(), (h, 5));
+    }
+
+    /// A directory left by a crashed attempt (created, its parent never fsynced)
+    /// must still get its parent fsynced: the crash may have lost its name.
+    #[test]
+    fn existing_dirs_still_get_their_parent_fsynced() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("a")).unwrap();
+        crate::spool::DIR_FSYNCS.with(|v| v.borrow_mut().clear());
+        create_dirs_durable(&root, &root.join("a/b")).unwrap();
+        let synced = crate::spool::DIR_FSYNCS.with(|v| v.borrow().clone());
+        assert!(
+            synced.contains(&root),
+            "parent of the surviving a/ not fsynced: {synced:?}"
+        );
+        assert!(synced.contains(&root.join("a")), "{synced:?}");
+        // and again, everything existing: still every parent
+        crate::spool::DIR_FSYNCS.with(|v| v.borrow_mut().clear());
+        create_dirs_durable(&root, &root.join("a/b")).unwrap();
+        let synced = crate::spool::DIR_FSYNCS.with(|v| v.borrow().clone());
+        assert!(
+            synced.contains(&root) && synced.contains(&root.join("a")),
+            "{synced:?}"
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: Shutdown) {
         let _ = tokio::task::spawn_blocking(move || {
             for d in dirs {
                 if let Err(e) = std::fs::create_dir_all(&d) {
-                    tracing::warn!(dir = %d.display(), "cannot create pipeline target: {e}");
+                    tracing::warn!(dir = ?d, error = ?e.to_string(), "cannot create pipeline target");
                 }
             }
         })
@@ -212,7 +212,7 @@ fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle)
     let rd = match std::fs::read_dir(&st.dir) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(dir = %st.dir.display(), "cannot list spool directory: {e}");
+            tracing::error!(dir = ?st.dir, error = ?e.to_string(), "cannot list spool directory");
             return None;
         }
     };
@@ -243,11 +243,32 @@ fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle)
             Ok(_) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => {
-                tracing::warn!(
-                    id,
-                    "unreadable state.json ({err}); treating the entry as due"
-                )
+                // A corrupt state is a counted failed attempt with backoff (never a
+                // hot loop): record_failure replaces it with a fresh state.
+                let attempt = Attempt {
+                    step: st.kind.step().to_string(),
+                    at: state::rfc3339_now(),
+                    reason: format!("state.json unreadable: {err}"),
+                    exit_code: None,
+                    stderr_tail: None,
+                };
+                let root = sh.spool.root();
+                match state::record_failure(root, st.state, &id, attempt, &sh.cfg.retry) {
+                    Ok(after) => {
+                        tracing::warn!(id, error = ?err.to_string(), outcome = ?after, "state.json unreadable; counted as a failed attempt")
+                    }
+                    Err(e) => {
+                        tracing::error!(id, error = ?e.to_string(), "state.json unreadable and cannot be replaced");
+                    }
+                }
+                note(now + sh.cfg.retry.initial_backoff.0.as_millis() as u64);
+                continue;
             }
+        }
+        if st.kind == Kind::Archive && sh.spool.is_held(&id) {
+            // landed by the inbox, whose source is not released yet (ms)
+            note(now + 20);
+            continue;
         }
         let permit = match handle.block_on(st.sem.clone().acquire_owned()) {
             Ok(p) => p,
@@ -314,10 +335,12 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
                 let d = state::backoff(n, r.initial_backoff.0.min(cap), cap);
                 st.pause_until_ms
                     .fetch_max(now + d.as_millis() as u64, Ordering::SeqCst);
+                // messages hold paths (sender names): a quoted field, never the message
                 tracing::warn!(
                     id,
                     step,
-                    "target unavailable, {step} paused for {} (not counted as an attempt): {msg}",
+                    reason = ?msg,
+                    "target unavailable, {step} paused for {} (not counted as an attempt)",
                     humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
                 );
             }
@@ -344,8 +367,8 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
                     id,
                     step,
                     attempts,
-                    "attempt failed: {}; retry in {}",
-                    f.reason,
+                    reason = ?f.reason,
+                    "attempt failed; retry in {}",
                     humantime::format_duration(Duration::from_millis(
                         next_try_ms.saturating_sub(state::now_ms())
                     ))
@@ -354,13 +377,15 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
                     id,
                     step,
                     attempts,
-                    "attempt failed: {}; giving up, entry quarantined",
-                    f.reason
+                    reason = ?f.reason,
+                    "attempt failed; giving up, entry quarantined"
                 ),
                 Ok(Err(e)) => {
-                    tracing::error!(id, step, "cannot record failure ({}): {e}", f.reason)
+                    tracing::error!(id, step, reason = ?f.reason, error = ?e.to_string(), "cannot record failure")
                 }
-                Err(e) => tracing::error!(id, step, "cannot record failure: {e}"),
+                Err(e) => {
+                    tracing::error!(id, step, error = ?e.to_string(), "cannot record failure")
+                }
             }
             st.notify.notify_one();
         }

@@ -84,16 +84,29 @@ pub fn save(entry: &Path, st: &EntryState) -> io::Result<()> {
     write_atomic(&entry.join(STATE), &json)
 }
 
+/// [`load`] for an update: an unreadable (corrupt) `state.json` is replaced by a
+/// fresh state, logged; the caller records why (see [`record_failure`]).
+fn load_for_update(entry: &Path) -> io::Result<EntryState> {
+    match load(entry) {
+        Ok(s) => Ok(s.unwrap_or_default()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(entry = ?entry, error = ?e.to_string(), "state.json unreadable; starting a new one");
+            Ok(EntryState::default())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// After a step succeeded: forget the attempt count and backoff of that step
 /// (history is kept). A no-op when the entry has no state or nothing to reset.
 pub fn reset_after_success(entry: &Path) -> io::Result<()> {
-    if let Some(mut st) = load(entry)? {
-        if st.attempts != 0 || st.next_try_ms != 0 || st.quarantined_step.is_some() {
-            st.attempts = 0;
-            st.next_try_ms = 0;
-            st.quarantined_step = None;
-            save(entry, &st)?;
-        }
+    let corrupt = matches!(load(entry), Err(ref e) if e.kind() == io::ErrorKind::InvalidData);
+    let mut st = load_for_update(entry)?;
+    if corrupt || st.attempts != 0 || st.next_try_ms != 0 || st.quarantined_step.is_some() {
+        st.attempts = 0;
+        st.next_try_ms = 0;
+        st.quarantined_step = None;
+        save(entry, &st)?;
     }
     Ok(())
 }
@@ -109,7 +122,9 @@ pub enum AfterFailure {
 
 /// Record a failed attempt of `attempt.step` for the entry `<spool>/<state_dir>/<id>`:
 /// count it, schedule the retry, or move the entry to quarantine after
-/// `retry.max_attempts` failures.
+/// `retry.max_attempts` failures. An unreadable `state.json` is replaced (its
+/// history is lost; the pipeline records "state.json unreadable: ..." as the
+/// failed attempt that found it).
 pub fn record_failure(
     spool_root: &Path,
     state_dir: &str,
@@ -118,7 +133,7 @@ pub fn record_failure(
     retry: &RetryConfig,
 ) -> io::Result<AfterFailure> {
     let entry = spool_root.join(state_dir).join(id);
-    let mut st = load(&entry)?.unwrap_or_default();
+    let mut st = load_for_update(&entry)?;
     st.attempts += 1;
     let step = attempt.step.clone();
     st.history.push(attempt);
@@ -161,8 +176,8 @@ pub fn requeue(spool_root: &Path, id: &str) -> io::Result<PathBuf> {
         ));
     }
     let q = spool_root.join(QUARANTINE).join(id);
-    let mut st = match load(&q) {
-        Ok(s) => s.unwrap_or_default(),
+    let mut st = match load_for_update(&q) {
+        Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -291,6 +306,87 @@ mod tests {
         assert_eq!(st.history.len(), 3);
         assert!(requeue(root, "n-1").is_err());
         assert!(requeue(root, "../x").is_err());
+    }
+
+    /// Two writers of the same state (the daemon and `ingestd retry`) never tear it:
+    /// each uses its own temporary name, and every rename is atomic.
+    #[test]
+    fn concurrent_writers_never_tear_state() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join(STATE);
+        write_atomic(&path, &[b'a'; 50_000]).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let writers: Vec<_> = [(b'a', 50_000usize), (b'b', 70_000)]
+                .into_iter()
+                .map(|(c, n)| {
+                    let path = &path;
+                    sc.spawn(move || {
+                        for _ in 0..300 {
+                            write_atomic(path, &vec![c; n]).expect("write_atomic");
+                        }
+                    })
+                })
+                .collect();
+            let reader = sc.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let b = fs::read(&path).unwrap();
+                    let ok = (b.len() == 50_000 && b.iter().all(|x| *x == b'a'))
+                        || (b.len() == 70_000 && b.iter().all(|x| *x == b'b'));
+                    assert!(ok, "torn state: {} bytes", b.len());
+                }
+            });
+            let results: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            reader.join().unwrap();
+            for r in results {
+                r.unwrap();
+            }
+        });
+        let left: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+    }
+
+    /// An unreadable `state.json` is a failed attempt with backoff (and leads to
+    /// quarantine like any other), never an error that leaves the entry due at once.
+    #[test]
+    fn corrupt_state_counts_as_a_failed_attempt() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for d in [READY, QUARANTINE] {
+            fs::create_dir(root.join(d)).unwrap();
+        }
+        let e = root.join(READY).join("x");
+        fs::create_dir(&e).unwrap();
+        fs::write(e.join(STATE), b"{\"attempts\": 3, \"hist").unwrap();
+        assert!(load(&e).is_err());
+        let r = record_failure(
+            root,
+            READY,
+            "x",
+            attempt(STEP_ARCHIVE, "state.json unreadable: x"),
+            &retry(2),
+        )
+        .unwrap();
+        assert!(
+            matches!(r, AfterFailure::Retry { attempts: 1, .. }),
+            "{r:?}"
+        );
+        let st = load(&e).unwrap().unwrap();
+        assert!(st.next_try_ms > now_ms());
+        assert_eq!(st.history.len(), 1);
+        fs::write(e.join(STATE), b"garbage").unwrap();
+        reset_after_success(&e).unwrap();
+        assert_eq!(load(&e).unwrap().unwrap().attempts, 0);
+        // corrupt in quarantine: still requeued
+        let q = root.join(QUARANTINE).join("y");
+        fs::create_dir(&q).unwrap();
+        fs::write(q.join(STATE), b"garbage").unwrap();
+        assert_eq!(requeue(root, "y").unwrap(), root.join(READY).join("y"));
     }
 
     #[test]

@@ -428,12 +428,10 @@ async fn resumes_from_every_crash_point() {
     want.push((format!("{}__copy", r5.id), b"5555".to_vec()));
 
     // "restart": reopen the spool (sweeps work/), run
-    let spool = Arc::new(Spool::open(&env.cfg.spool.dir, "n1", 1 << 30, 0).unwrap());
-    let env = Env {
-        t: env.t,
-        cfg: env.cfg,
-        spool,
-    };
+    let Env { t, cfg, spool } = env;
+    drop(spool); // the old process's lock
+    let spool = Arc::new(Spool::open(&cfg.spool.dir, "n1", 1 << 30, 0).unwrap());
+    let env = Env { t, cfg, spool };
     assert_eq!(env.count(WORK), 0);
     let (tx, h) = env.start();
     wait_until("all done", Duration::from_secs(20), || env.spool_empty()).await;
@@ -530,4 +528,21 @@ async fn burst_drains_with_bounded_inflight() {
     .await;
     stop(tx, h).await;
     assert!(env.forwarded().iter().all(|(_, d)| *d == data));
+}
+
+/// A corrupt `state.json` is a counted failure with backoff, not a hot loop: the
+/// entry goes on (and the failure is in its history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_state_is_a_counted_failure_not_a_hot_loop() {
+    let env = Env::new("");
+    let r = env.land("torn.txt", b"torn state");
+    let e = env.spool.dir(READY).join(&r.id);
+    fs::write(e.join(crate::spool::STATE), b"{\"attempts\": 1, \"his").unwrap();
+    let (tx, h) = env.start();
+    wait_until("entry done", Duration::from_secs(10), || env.spool_empty()).await;
+    stop(tx, h).await;
+    assert_eq!(
+        env.forwarded(),
+        [(format!("{}__torn.txt", r.id), b"torn state".to_vec())]
+    );
 }

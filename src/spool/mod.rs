@@ -15,6 +15,7 @@
 //! All blocking functions here must run off the SSH connection loop
 //! (`spawn_blocking` or a dedicated thread).
 
+use crate::core::naming;
 use crate::core::record::Record;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -45,6 +46,9 @@ pub enum Refusal {
         "no space: storing {size} bytes would leave less than {min_free} bytes free on the spool"
     )]
     NoSpace { size: u64, min_free: u64 },
+    /// The path cannot be stored under the archive layout (too long, too deep).
+    #[error("{0}")]
+    Name(String),
     #[error("spool error: {0}")]
     Io(#[from] io::Error),
 }
@@ -71,21 +75,86 @@ pub struct Spool {
     /// (when statvfs was last read, bytes free then minus bytes admitted since):
     /// admission reads statvfs at most every `FREE_CACHE_FOR`.
     free_cache: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// (archive dir, layout) every accepted path must fit; `None`: no check.
+    names: Option<(PathBuf, String)>,
+    /// Ids the archive stage must not take yet (see [`Spool::hold`]).
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// `spool/.lock`, flocked for the life of the `Spool`.
+    _lock: File,
+}
+
+/// The lock file in the spool root.
+pub const LOCK: &str = ".lock";
+
+/// Take the exclusive lock of the spool at `root` (`flock` of `root/.lock`, which
+/// then holds this process's pid), creating `root` if missing. Fails with a clear
+/// message naming the other process if another daemon holds it. The lock dies with
+/// its process (even by SIGKILL); the descriptor is close-on-exec, so a process
+/// command never inherits it.
+pub fn lock(root: &Path) -> io::Result<File> {
+    fs::create_dir_all(root)?;
+    let path = root.join(LOCK);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)?;
+    // SAFETY: flock(2) on a descriptor we own, valid for the call.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "spool.dir {} is in use by another ingestd (pid {})",
+                    root.display(),
+                    if pid.is_empty() { "unknown" } else { pid }
+                ),
+            ));
+        }
+        return Err(e);
+    }
+    f.set_len(0)?;
+    f.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
+    Ok(f)
 }
 
 const FREE_CACHE_FOR: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Spool {
-    /// Create the layout under `root` and sweep `partial/` and `work/` (nothing there
-    /// was ever acknowledged).
+    /// Lock the spool (see [`lock`]), create the layout under `root` durably and
+    /// sweep `partial/` and `work/` (nothing there was ever acknowledged). The lock
+    /// is taken first and held as long as the `Spool` lives, so a second daemon on
+    /// the same spool is refused before it touches anything.
     pub fn open(
         root: &Path,
         node_id: &str,
         max_file_size: u64,
         min_free: u64,
     ) -> io::Result<Spool> {
+        let lock = lock(root)?;
+        let mut created = false;
         for d in [PARTIAL, READY, ARCHIVED, PROCESSED, QUARANTINE, WORK] {
-            fs::create_dir_all(root.join(d))?;
+            match fs::create_dir(root.join(d)) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if created {
+            fsync_dir(root)?;
         }
         for d in [PARTIAL, WORK] {
             for e in fs::read_dir(root.join(d))? {
@@ -104,7 +173,59 @@ impl Spool {
             min_free,
             wake: Arc::new(Notify::new()),
             free_cache: std::sync::Mutex::new(None),
+            names: None,
+            held: std::sync::Mutex::new(std::collections::HashSet::new()),
+            _lock: lock,
         })
+    }
+
+    /// Refuse, at upload time, every path that could not be archived under
+    /// `layout` in `archive_dir` (see [`naming::check_storable`]).
+    pub fn with_name_check(mut self, archive_dir: &Path, layout: &str) -> Spool {
+        self.names = Some((archive_dir.to_path_buf(), layout.to_string()));
+        self
+    }
+
+    /// Would a file `path` from `user`, landed now as `id`, be refused for its name?
+    pub fn check_name(&self, id: &str, user: &str, path: &str) -> Result<(), Refusal> {
+        let Some((dir, layout)) = &self.names else {
+            return Ok(());
+        };
+        let probe = Record {
+            id: id.to_string(),
+            node: self.node_id.clone(),
+            user: user.to_string(),
+            path: path.to_string(),
+            size: 0,
+            mode: 0,
+            mtime: None,
+            atime: None,
+            blake3: String::new(),
+            remote_addr: String::new(),
+            received_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            protocol: String::new(),
+        };
+        naming::check_storable(dir, layout, &probe).map_err(Refusal::Name)
+    }
+
+    /// Keep `ids` (committed by the inbox, whose source files are not yet released)
+    /// from leaving `ready/` until [`Spool::release`].
+    pub fn hold(&self, ids: impl IntoIterator<Item = String>) {
+        self.held.lock().unwrap().extend(ids);
+    }
+
+    pub fn release<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        {
+            let mut h = self.held.lock().unwrap();
+            for id in ids {
+                h.remove(id);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn is_held(&self, id: &str) -> bool {
+        self.held.lock().unwrap().contains(id)
     }
 
     pub fn root(&self) -> &Path {
@@ -169,9 +290,15 @@ impl Spool {
         Ok(())
     }
 
-    /// Start a file: `partial/<id>/data`, created exclusively.
-    pub fn begin(&self, info: Incoming) -> io::Result<Partial> {
-        let id = self.new_id();
+    /// Start a file: `partial/<id>/data`, created exclusively. Refused if its path
+    /// could not be archived (see [`Spool::with_name_check`]).
+    pub fn begin(&self, info: Incoming) -> Result<Partial, Refusal> {
+        self.begin_with_id(self.new_id(), info)
+    }
+
+    /// [`Spool::begin`] with an id from [`Spool::new_id`] chosen beforehand.
+    pub fn begin_with_id(&self, id: String, info: Incoming) -> Result<Partial, Refusal> {
+        self.check_name(&id, &info.user, &info.path)?;
         let dir = self.dir(PARTIAL).join(&id);
         fs::create_dir(&dir)?;
         let file = OpenOptions::new()
@@ -214,53 +341,92 @@ impl Spool {
     }
 }
 
-/// Groups at least this large are made durable with one `syncfs(2)` of the spool's
-/// filesystem instead of three fsyncs per file.
-const SYNCFS_MIN_GROUP: usize = 16;
+/// At most this many fsyncs of one group commit are in flight at once.
+const FSYNC_THREADS: usize = 32;
 
-/// Make the data, record and entry directory of every staged file durable. Small
-/// groups: every fsync issued at once from its own thread, so the filesystem journal
-/// commits them together; large groups: one `syncfs`.
+/// Make the data, record and entry directory of every staged file durable: every
+/// file is fsynced itself (a `syncfs` of the whole file system would not report a
+/// writeback error of one file that happened before it was called), with up to
+/// [`FSYNC_THREADS`] fsyncs in flight at once so the journal commits them together.
 fn sync_all_parallel(staged: &[Staged]) -> io::Result<()> {
-    if staged.len() >= SYNCFS_MIN_GROUP {
-        let dir = File::open(staged[0].dir.parent().unwrap_or(Path::new("/")))?;
-        // SAFETY: syncfs only reads the descriptor, which stays open for the call.
-        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } == 0 {
-            return Ok(());
+    let jobs = staged.len() * 3;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let job = |i: usize| -> io::Result<()> {
+        let s = &staged[i / 3];
+        match i % 3 {
+            0 => s.data.sync_data(),
+            1 => File::open(s.dir.join(RECORD))?.sync_all(),
+            _ => File::open(&s.dir)?.sync_all(),
         }
-    }
+    };
     std::thread::scope(|sc| {
-        let mut handles = Vec::new();
-        for s in staged {
-            handles.push(sc.spawn(move || s.data.sync_data()));
-            handles.push(sc.spawn(move || File::open(s.dir.join(RECORD))?.sync_all()));
-            handles.push(sc.spawn(move || fsync_dir(&s.dir)));
-        }
+        let handles: Vec<_> = (0..jobs.min(FSYNC_THREADS))
+            .map(|_| {
+                sc.spawn(|| -> io::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= jobs {
+                            return Ok(());
+                        }
+                        job(i)?;
+                    }
+                })
+            })
+            .collect();
+        let mut first = Ok(());
         for h in handles {
-            h.join()
-                .map_err(|_| io::Error::other("fsync thread panicked"))??;
+            let r = h
+                .join()
+                .map_err(|_| io::Error::other("fsync thread panicked"))
+                .and_then(|r| r);
+            if first.is_ok() {
+                first = r;
+            }
         }
-        Ok(())
+        first
     })
 }
 
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    DIR_FSYNCS.with(|v| v.borrow_mut().push(dir.to_path_buf()));
     File::open(dir)?.sync_all()
 }
 
-/// Write `bytes` to `path` durably and atomically: temp name, fsync, rename, fsync dir.
+#[cfg(test)]
+thread_local! {
+    /// Every directory [`fsync_dir`] was called on by this thread (tests only).
+    pub(crate) static DIR_FSYNCS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Write `bytes` to `path` durably and atomically: a temporary name unique to this
+/// writer (pid + counter, created exclusively), fsync, rename, fsync dir. Writers in
+/// different processes (the daemon, `ingestd retry`) never share a temporary file,
+/// so a reader sees one complete version or another, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        ".{}.{}-{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    {
-        let mut f = File::create(&tmp)?;
+    let r = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)?;
+    r?;
     fsync_dir(dir)
 }
 
@@ -482,9 +648,67 @@ mod tests {
         let mut q = s.begin(incoming()).unwrap();
         q.write(b"y").unwrap();
         std::mem::forget(q);
+        drop(s);
         let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
         assert!(fs::read_dir(s.dir(PARTIAL)).unwrap().next().is_none());
         assert!(fs::read_dir(s.dir(READY)).unwrap().next().is_none());
+    }
+
+    /// A file whose data cannot be made durable must fail the commit, however large
+    /// the group (a `syncfs` of the whole file system does not report an earlier
+    /// writeback error of one file: it must be fsynced itself).
+    #[test]
+    fn a_data_fsync_error_fails_the_commit_of_any_group() {
+        use std::os::fd::FromRawFd;
+        for n in [1usize, 3, 20, 300] {
+            let t = tempfile::tempdir().unwrap();
+            let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+            let mut staged = Vec::new();
+            for _ in 0..n {
+                let mut p = s.begin(incoming()).unwrap();
+                p.write(b"data").unwrap();
+                staged.push(p.complete().unwrap());
+            }
+            // fsync(2) of a pipe fails (EINVAL): stands in for a lost writeback
+            let mut fds = [0; 2];
+            // SAFETY: pipe(2) fills two new descriptors, each owned by one File below.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+            drop(w);
+            let last = staged.len() - 1;
+            staged[last].data = r;
+            let res = s.commit(staged);
+            assert!(res.is_err(), "group of {n}: commit reported success");
+            assert!(
+                fs::read_dir(s.dir(READY)).unwrap().next().is_none(),
+                "group of {n}: something became visible"
+            );
+        }
+    }
+
+    /// Quick timing of large group commits (per-file fsyncs): `cargo test --release
+    /// --lib group_commit_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn group_commit_timing() {
+        let t = tempfile::tempdir_in(".").unwrap();
+        let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+        for n in [16usize, 64, 256] {
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let mut staged = Vec::new();
+                for _ in 0..n {
+                    let mut p = s.begin(incoming()).unwrap();
+                    p.write(&[7u8; 4096]).unwrap();
+                    staged.push(p.complete().unwrap());
+                }
+                let t0 = std::time::Instant::now();
+                s.commit(staged).unwrap();
+                times.push(t0.elapsed());
+            }
+            times.sort();
+            eprintln!("group of {n}: median {:?} ({:?})", times[2], times);
+        }
     }
 
     #[test]
@@ -493,6 +717,7 @@ mod tests {
         let s = Spool::open(t.path(), "n1", 100, 0).unwrap();
         assert!(matches!(s.admit(101), Err(Refusal::TooLarge { .. })));
         assert!(s.admit(100).is_ok());
+        drop(s);
         let s = Spool::open(t.path(), "n1", u64::MAX, u64::MAX / 2).unwrap();
         assert!(matches!(s.admit(1), Err(Refusal::NoSpace { .. })));
     }
