@@ -1,1 +1,3 @@
 //! SFTP v3, pure: the upload session's decisions (`session`).
+
+pub mod session;
