@@ -16,6 +16,7 @@ PACKAGES=(
   "haproxy pkg"
   "ipvsadm pkg"
   "iproute2 pkg"
+  "sshfs pkg"
 )
 
 is_installed() {
