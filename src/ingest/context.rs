@@ -56,10 +56,10 @@ fn log_landed(r: &crate::core::record::Record, started: std::time::Instant) {
     };
     tracing::info!(
         id = %r.id,
-        user = %r.user,
+        user = ?r.user,
         remote = %r.remote_addr,
         protocol = %r.protocol,
-        path = %r.path,
+        path = ?r.path,
         size = r.size,
         blake3 = %r.blake3,
         duration_ms = (secs * 1000.0).round() as u64,

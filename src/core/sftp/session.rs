@@ -18,6 +18,7 @@
 //! reached through the [`View`] trait: an in-memory map in the daemon, a plain map
 //! in tests. Nothing here does I/O, reads a clock or panics on any input.
 
+use super::ranges::Ranges;
 use crate::core::vpath;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -122,7 +123,25 @@ pub enum Effect {
         up: UploadId,
         meta: Meta,
     },
-    /// Drop an upload: nothing of it remains.
+    /// Complete the upload and make it durable in `parked/` under `meta` (a closed
+    /// temporary name waiting for its rename; a restart lands it under that name).
+    Park {
+        up: UploadId,
+        meta: Meta,
+    },
+    /// Land a parked upload: its record durably rewritten with `meta` (the final
+    /// name), then moved into `ready/`.
+    LandParked {
+        up: UploadId,
+        meta: Meta,
+    },
+    /// Rewrite a parked upload's record durably with `meta` (renamed to another
+    /// temporary name).
+    Repark {
+        up: UploadId,
+        meta: Meta,
+    },
+    /// Drop an upload, open or parked: nothing of it remains.
     Discard {
         up: UploadId,
     },
@@ -219,6 +238,52 @@ fn ssh_string(b: &mut &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// The request id and a refusal if a path string in request `body` (type byte
+/// first) is not valid UTF-8.
+pub fn non_utf8_name(body: &[u8]) -> Option<(u32, String)> {
+    let (&typ, rest) = body.split_first()?;
+    let id = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let mut rest = rest.get(4..)?;
+    let take = |b: &mut &[u8]| -> Option<Vec<u8>> {
+        let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let s = b.get(4..4usize.checked_add(n)?)?.to_vec();
+        *b = &b[4 + n..];
+        Some(s)
+    };
+    // how many leading strings are paths
+    let paths = match typ {
+        // OPEN, LSTAT, SETSTAT, OPENDIR, REMOVE, MKDIR, RMDIR, REALPATH, STAT, READLINK
+        3 | 7 | 9 | 11 | 13 | 14 | 15 | 16 | 17 | 19 => 1,
+        // RENAME, SYMLINK
+        18 | 20 => 2,
+        // EXTENDED: the request name, then (posix-rename, hardlink) two paths
+        200 => {
+            let name = take(&mut rest)?;
+            match &name[..] {
+                b"posix-rename@openssh.com" | b"hardlink@openssh.com" => 2,
+                b"statvfs@openssh.com" | b"lsetstat@openssh.com" | b"expand-path@openssh.com" => 1,
+                _ => 0,
+            }
+        }
+        _ => 0,
+    };
+    for _ in 0..paths {
+        let s = take(&mut rest)?;
+        if let Err(e) = std::str::from_utf8(&s) {
+            let shown = String::from_utf8_lossy(&s).escape_debug().to_string();
+            return Some((
+                id,
+                format!(
+                    "ingestd: file name \"{shown}\" is not valid UTF-8 (invalid byte at \
+                     offset {}); only UTF-8 names are accepted",
+                    e.valid_up_to()
+                ),
+            ));
+        }
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------
 // framing
 
@@ -299,8 +364,10 @@ struct Upload {
     /// CLOSE/RENAME answer with this reason (clients that ignore errors on
     /// pipelined writes still learn it).
     refused: Option<String>,
-    /// Closed under a temporary name, waiting for its rename.
+    /// Closed under a temporary name, durable in `parked/`, waiting for its rename.
     parked: bool,
+    /// What the sender wrote (an upload with a hole never lands).
+    written: Ranges,
 }
 
 impl Upload {
@@ -364,6 +431,22 @@ enum Cont {
         id: u32,
         up: UploadId,
     },
+    /// CLOSE of a temporary name: Park ran.
+    Park {
+        id: u32,
+        up: UploadId,
+    },
+    /// RENAME of a parked upload to a final name: LandParked ran.
+    LandParked {
+        id: u32,
+        up: UploadId,
+    },
+    /// RENAME of a parked upload to another temporary name: Repark ran.
+    Repark {
+        id: u32,
+        up: UploadId,
+        path: String,
+    },
     OpenRead {
         id: u32,
         rd: ReadId,
@@ -416,6 +499,10 @@ impl Session {
 
     /// One request body (type byte first), as cut by [`Decoder`].
     pub fn request(&mut self, mut body: Bytes, view: &mut dyn View) -> Step {
+        // russh-sftp decodes names lossily (U+FFFD): refuse them before that.
+        if let Some((id, msg)) = non_utf8_name(&body) {
+            return Step::Reply(status(id, StatusCode::Failure, &msg));
+        }
         match Packet::try_from(&mut body) {
             Ok(p) => self.handle(p, view),
             Err(_) => Step::Reply(status(0, StatusCode::BadMessage, "malformed request")),
@@ -451,8 +538,14 @@ impl Session {
                 out.push(Effect::CloseRead { rd });
             }
         }
-        for up in std::mem::take(&mut self.uploads).into_keys() {
-            out.push(Effect::Discard { up });
+        for (up, u) in std::mem::take(&mut self.uploads) {
+            if u.parked {
+                // closed but never renamed: it lands under the name it has now
+                out.push(Effect::LandParked { up, meta: u.meta() });
+            } else {
+                // never closed: the sender was never told it arrived
+                out.push(Effect::Discard { up });
+            }
         }
         out
     }
@@ -623,13 +716,27 @@ impl Session {
     fn stat(&self, id: u32, path: &str, view: &dyn View) -> Reply {
         let p = self.resolve(path)?;
         if let Some(up) = self.upload_at(&p) {
+            if path.ends_with('/') {
+                return err(StatusCode::NoSuchFile, format!("{path}: not a directory"));
+            }
             let attrs = self.uploads[&up].attrs();
             return Ok(Step::Reply(Packet::Attrs(Attrs { id, attrs })));
         }
         match view.lookup(&p) {
+            Some(ViewNode::File(_)) if path.ends_with('/') => {
+                err(StatusCode::NoSuchFile, format!("{path}: not a directory"))
+            }
             Some(n) => Ok(Step::Reply(Packet::Attrs(Attrs {
                 id,
                 attrs: view_attrs(&n),
+            }))),
+            // A trailing '/' names a directory, and directories are virtual: it
+            // exists. (OpenSSH scp in SFTP mode STATs "some/dir/" and, only if that
+            // is a directory, uploads "some/dir/<name>"; otherwise it would send
+            // the file to "some/dir/" and its own name would be lost.)
+            None if path.ends_with('/') => Ok(Step::Reply(Packet::Attrs(Attrs {
+                id,
+                attrs: dir_attrs(),
             }))),
             None => err(StatusCode::NoSuchFile, format!("{path}: no such file")),
         }
@@ -689,24 +796,32 @@ impl Session {
         if !flags.contains(OpenFlags::WRITE) {
             return self.open_read(id, filename, &p, view);
         }
-        // Re-opening a parked temporary file continues it (resume), unless TRUNC asks
-        // for a fresh one (the old upload is then discarded).
+        if filename.ends_with('/') {
+            return err(
+                StatusCode::Failure,
+                format!("{filename}: names a directory (ends with '/'), not a file"),
+            );
+        }
+        if flags.contains(OpenFlags::APPEND) {
+            return err(
+                StatusCode::OpUnsupported,
+                format!(
+                    "ingestd: {filename}: appending to or resuming an upload is not supported; \
+                     upload the whole file again"
+                ),
+            );
+        }
+        // A parked (closed, durable) temporary upload under this name: TRUNC replaces
+        // it; anything else would write into a file that is already closed.
         if let Some(up) = self.parked_at(&p) {
-            let resume = !flags.contains(OpenFlags::TRUNCATE)
-                && self.uploads.get(&up).is_some_and(|u| u.refused.is_none());
-            if resume {
-                if let Some(u) = self.uploads.get_mut(&up) {
-                    u.parked = false;
-                }
-                return match self.new_handle(Open::Write(up)) {
-                    Ok(handle) => Ok(Step::Reply(Packet::Handle(Handle { id, handle }))),
-                    Err(e) => {
-                        if let Some(u) = self.uploads.get_mut(&up) {
-                            u.parked = true;
-                        }
-                        Err(e)
-                    }
-                };
+            if !flags.contains(OpenFlags::TRUNCATE) {
+                return err(
+                    StatusCode::Failure,
+                    format!(
+                        "ingestd: {filename}: already uploaded and closed; it cannot be \
+                         continued (open it with truncation to replace it, or rename it)"
+                    ),
+                );
             }
             self.discard(up);
         }
@@ -725,6 +840,7 @@ impl Session {
                 next_space_check: SPACE_CHECK_EVERY,
                 refused: None,
                 parked: false,
+                written: Ranges::new(),
             },
         );
         let admit = attrs.size.unwrap_or(0);
@@ -829,6 +945,12 @@ impl Session {
             return err(StatusCode::Failure, "invalid handle");
         };
         let end = offset.saturating_add(data.len() as u64);
+        if u.written.insert(offset, end).is_err() {
+            return u.refuse(format!(
+                "ingestd: {}: too many separate pieces written out of order",
+                u.path
+            ));
+        }
         u.size = u.size.max(end);
         self.run(
             Cont::Write {
@@ -844,6 +966,19 @@ impl Session {
     fn set_attrs(&mut self, id: u32, up: UploadId, attrs: FileAttributes) -> Reply {
         if let Some(r) = self.uploads.get(&up).and_then(|u| u.refused.clone()) {
             return err(StatusCode::Failure, r);
+        }
+        if let Some(u) = self.uploads.get(&up).filter(|u| u.parked) {
+            // closed: mode and times are kept for its landing; its size is final
+            if attrs.size.is_some_and(|n| n != u.size) {
+                return err(
+                    StatusCode::Failure,
+                    format!(
+                        "ingestd: {}: already closed; its size cannot change",
+                        u.path
+                    ),
+                );
+            }
+            return self.finish_attrs(id, up, attrs);
         }
         if let Some(size) = attrs.size {
             if let Some(bytes) = self.growth(up, size)? {
@@ -870,6 +1005,7 @@ impl Session {
             return err(StatusCode::Failure, "invalid handle");
         };
         u.size = len;
+        u.written.truncate(len);
         self.run(
             Cont::Attrs {
                 id,
@@ -919,8 +1055,11 @@ impl Session {
                     .iter()
                     .any(|p| vpath::glob_match(p, vpath::file_name(&u.path)));
                 if temp {
-                    u.parked = true;
-                    return Ok(ok(id));
+                    if let Some(e) = self.incomplete(up) {
+                        return Err(e);
+                    }
+                    let meta = self.uploads[&up].meta();
+                    return self.run(Cont::Park { id, up }, Effect::Park { up, meta });
                 }
                 self.land(id, up, None)
             }
@@ -933,18 +1072,33 @@ impl Session {
         }
     }
 
+    /// An upload that cannot land (a refused write, or bytes never written) is
+    /// discarded, with the reason for the sender.
+    fn incomplete(&mut self, up: UploadId) -> Option<Refusal> {
+        let u = self.uploads.get(&up)?;
+        let why = if let Some(r) = u.refused.clone() {
+            format!("{r}; the upload was discarded")
+        } else if let Some((a, b)) = u.written.first_hole(u.size) {
+            format!(
+                "ingestd: {}: bytes {a}..{b} of {} were never written (only whole files \
+                 are accepted: no appending, resuming or sparse writes); nothing was stored",
+                u.path, u.size
+            )
+        } else {
+            return None;
+        };
+        self.discard(up);
+        Some((StatusCode::Failure, why))
+    }
+
     /// The one point where an upload is done: complete, commit, then answer.
     fn land(&mut self, id: u32, up: UploadId, final_path: Option<String>) -> Reply {
+        if let Some(e) = self.incomplete(up) {
+            return Err(e);
+        }
         let Some(u) = self.uploads.get(&up) else {
             return err(StatusCode::Failure, "invalid handle");
         };
-        if let Some(r) = u.refused.clone() {
-            self.discard(up);
-            return err(
-                StatusCode::Failure,
-                format!("{r}; the upload was discarded"),
-            );
-        }
         let mut meta = u.meta();
         if let Some(p) = final_path {
             meta.path = p;
@@ -976,13 +1130,21 @@ impl Session {
             return err(StatusCode::Failure, format!("{to}: is a directory"));
         }
         if let Some(up) = self.parked_at(&pf) {
-            if self.is_temp(&pt) {
-                if let Some(u) = self.uploads.get_mut(&up) {
-                    u.path = pt;
-                }
-                return Ok(ok(id));
+            if self.upload_at(&pt).is_some_and(|o| o != up) {
+                return err(
+                    StatusCode::Failure,
+                    format!("ingestd: {to}: another upload has that name"),
+                );
             }
-            return self.land(id, up, Some(pt));
+            let mut meta = self.uploads[&up].meta();
+            meta.path = pt.clone();
+            if self.is_temp(&pt) {
+                return self.run(
+                    Cont::Repark { id, up, path: pt },
+                    Effect::Repark { up, meta },
+                );
+            }
+            return self.run(Cont::LandParked { id, up }, Effect::LandParked { up, meta });
         }
         if let Some(u) = self
             .uploads
@@ -1080,6 +1242,36 @@ impl Session {
                     Some(r) => err(StatusCode::Failure, r),
                 }
             }
+            Cont::Park { id, up } => match failed {
+                None => {
+                    if let Some(u) = self.uploads.get_mut(&up) {
+                        u.parked = true;
+                    }
+                    Ok(ok(id))
+                }
+                Some(r) => {
+                    // the driver dropped it
+                    self.uploads.remove(&up);
+                    err(StatusCode::Failure, r)
+                }
+            },
+            Cont::LandParked { id, up } => match failed {
+                None => {
+                    self.uploads.remove(&up);
+                    Ok(ok(id))
+                }
+                // still parked (and landed at the end of the session, or at restart)
+                Some(r) => err(StatusCode::Failure, r),
+            },
+            Cont::Repark { id, up, path } => match failed {
+                None => {
+                    if let Some(u) = self.uploads.get_mut(&up) {
+                        u.path = path;
+                    }
+                    Ok(ok(id))
+                }
+                Some(r) => err(StatusCode::Failure, r),
+            },
             Cont::OpenRead {
                 id,
                 rd,
@@ -1121,6 +1313,9 @@ fn cont_id(c: &Cont) -> u32 {
         | Cont::Write { id, .. }
         | Cont::Attrs { id, .. }
         | Cont::Land { id, .. }
+        | Cont::Park { id, .. }
+        | Cont::LandParked { id, .. }
+        | Cont::Repark { id, .. }
         | Cont::OpenRead { id, .. }
         | Cont::Read { id } => *id,
     }

@@ -5,8 +5,8 @@
 //! and CLOSE.
 
 use crate::core::sftp::session::{
-    Decoder, Effect, Frame, Outcome, ReadId, Session, Settings, Step, UploadId, View, ViewFile,
-    ViewNode,
+    Decoder, Effect, Frame, Meta, Outcome, ReadId, Session, Settings, Step, UploadId, View,
+    ViewFile, ViewNode,
 };
 use crate::ingest::context::Shared;
 use crate::ingest::vfs::{Node, Vfs};
@@ -19,6 +19,7 @@ use russh_sftp::protocol::{Packet, StatusCode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The sender's view, as the core sees it.
 struct UserView<'a> {
@@ -67,6 +68,8 @@ struct Io {
     user: String,
     peer: SocketAddr,
     writers: HashMap<UploadId, FileWriter>,
+    /// Parked uploads: spool id, and when the upload started.
+    parked: HashMap<UploadId, (String, Instant)>,
     reads: HashMap<ReadId, Arc<std::fs::File>>,
 }
 
@@ -83,6 +86,7 @@ pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer:
         user: user.clone(),
         peer,
         writers: HashMap::new(),
+        parked: HashMap::new(),
         reads: HashMap::new(),
     };
     let mut dec = Decoder::default();
@@ -128,12 +132,27 @@ pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer:
             }
         }
     }
-    let unfinished = core.unfinished();
-    if unfinished > 0 {
-        tracing::info!(user = ?user, remote = %peer, unfinished, "sftp session ended with unfinished uploads; discarded");
-    }
+    // Closed uploads still under a temporary name land under that name; uploads
+    // never closed are discarded (their sender was never told they arrived).
+    let (mut landed, mut discarded, mut failed) = (0usize, 0usize, 0usize);
     for e in core.end() {
-        io.run(e).await;
+        let what = match &e {
+            Effect::LandParked { .. } => Some(true),
+            Effect::Discard { .. } => Some(false),
+            _ => None,
+        };
+        match (what, io.run(e).await) {
+            (Some(true), Outcome::Ok) => landed += 1,
+            (Some(true), Outcome::Failed(r)) => {
+                failed += 1;
+                tracing::warn!(user = ?user, remote = %peer, reason = ?r, "cannot land a parked upload at session end; it lands at the next start");
+            }
+            (Some(false), _) => discarded += 1,
+            _ => {}
+        }
+    }
+    if landed + discarded + failed > 0 {
+        tracing::info!(user = ?user, remote = %peer, landed_parked = landed, discarded_unclosed = discarded, "sftp session ended with unfinished uploads");
     }
     drop(io); // anything left is removed from partial/
     let _ = out.exit_status(0).await;
@@ -144,6 +163,25 @@ pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer:
 async fn send(out: &ChannelWriteHalf<Msg>, p: Packet) -> Result<(), ()> {
     let b = Bytes::try_from(p).map_err(|_| ())?;
     out.data_bytes(b).await.map_err(|_| ())
+}
+
+fn finish(meta: Meta) -> Finish {
+    Finish {
+        path: Some(meta.path),
+        mode: Some(meta.mode),
+        mtime: meta.mtime,
+        atime: meta.atime,
+    }
+}
+
+/// A parked record takes the name, mode and times the sender gave since.
+fn update(r: &mut crate::core::record::Record, meta: Meta) {
+    r.path = meta.path;
+    r.mode = meta.mode;
+    if meta.mtime.is_some() {
+        r.mtime = meta.mtime;
+        r.atime = meta.atime;
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> Outcome {
@@ -202,13 +240,7 @@ impl Io {
                 let Some(w) = self.writers.remove(&up) else {
                     return failed("ingestd: no such upload");
                 };
-                let finish = Finish {
-                    path: Some(meta.path),
-                    mode: Some(meta.mode),
-                    mtime: meta.mtime,
-                    atime: meta.atime,
-                };
-                let staged = match w.complete(finish).await {
+                let staged = match w.complete(finish(meta)).await {
                     Ok(s) => s,
                     Err(e) => return failed(format!("ingestd: cannot store file: {e}")),
                 };
@@ -224,8 +256,71 @@ impl Io {
                     Err(e) => failed(e),
                 }
             }
+            Effect::Park { up, meta } => {
+                let Some(w) = self.writers.remove(&up) else {
+                    return failed("ingestd: no such upload");
+                };
+                let staged = match w.complete(finish(meta)).await {
+                    Ok(s) => s,
+                    Err(e) => return failed(format!("ingestd: cannot store file: {e}")),
+                };
+                let started = staged.started;
+                let spool = self.shared.spool.clone();
+                match tokio::task::spawn_blocking(move || spool.park(staged)).await {
+                    Ok(Ok(rec)) => {
+                        tracing::info!(id = %rec.id, user = ?rec.user, path = ?rec.path, size = rec.size, "parked (temporary name, waiting for its rename)");
+                        self.parked.insert(up, (rec.id, started));
+                        Outcome::Ok
+                    }
+                    Ok(Err(e)) => failed(format!("ingestd: cannot store file durably: {e}")),
+                    Err(e) => failed(e),
+                }
+            }
+            Effect::LandParked { up, meta } | Effect::Repark { up, meta }
+                if !self.parked.contains_key(&up) =>
+            {
+                failed(format!("ingestd: {}: no such upload", meta.path))
+            }
+            Effect::LandParked { up, meta } => {
+                let (id, started) = self.parked[&up].clone();
+                let spool = self.shared.spool.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    spool.land_parked(&id, |r| update(r, meta))
+                })
+                .await;
+                match r {
+                    Ok(Ok(rec)) => {
+                        self.parked.remove(&up);
+                        self.shared.landed(&rec, started);
+                        Outcome::Ok
+                    }
+                    Ok(Err(e)) => failed(format!("ingestd: cannot land the file: {e}")),
+                    Err(e) => failed(e),
+                }
+            }
+            Effect::Repark { up, meta } => {
+                let id = self.parked[&up].0.clone();
+                let spool = self.shared.spool.clone();
+                match tokio::task::spawn_blocking(move || spool.repark(&id, |r| update(r, meta)))
+                    .await
+                {
+                    Ok(Ok(_)) => Outcome::Ok,
+                    Ok(Err(e)) => failed(format!("ingestd: cannot rename the file: {e}")),
+                    Err(e) => failed(e),
+                }
+            }
             Effect::Discard { up } => {
-                self.writers.remove(&up); // dropping the writer removes its partial file
+                // dropping a writer removes its partial file
+                if self.writers.remove(&up).is_none() {
+                    if let Some((id, _)) = self.parked.remove(&up) {
+                        let spool = self.shared.spool.clone();
+                        let r =
+                            tokio::task::spawn_blocking(move || spool.discard_parked(&id)).await;
+                        if let Ok(Err(e)) = r {
+                            tracing::warn!(error = %e, "cannot remove a parked upload");
+                        }
+                    }
+                }
                 Outcome::Ok
             }
             Effect::OpenRead { rd, id } => {

@@ -92,6 +92,10 @@ struct Sim {
     s: Session,
     view: MapView,
     files: HashMap<UploadId, Vec<u8>>,
+    /// Parked uploads: the record's meta and the data.
+    parked: HashMap<UploadId, (Meta, Vec<u8>)>,
+    /// LandParked fails with this.
+    fail_landing: Option<String>,
     landed: Vec<Landed>,
     discarded: usize,
     /// Every effect run, in order.
@@ -105,7 +109,7 @@ struct Sim {
 
 fn settings() -> Settings {
     Settings {
-        temp_patterns: vec!["*.filepart".into(), "*.part".into()],
+        temp_patterns: vec!["*.filepart".into(), "*.partial".into(), "*.part".into()],
         allow_download: false,
         max_file_size: 1 << 40,
     }
@@ -121,6 +125,8 @@ impl Sim {
             s: Session::new(settings),
             view: MapView::default(),
             files: HashMap::new(),
+            parked: HashMap::new(),
+            fail_landing: None,
             landed: Vec::new(),
             discarded: 0,
             log: Vec::new(),
@@ -181,8 +187,34 @@ impl Sim {
                 self.landed.push(Landed { meta, data });
                 Outcome::Ok
             }
+            Effect::Park { up, meta } => {
+                let data = self.files.remove(&up).expect("park a live upload");
+                self.paths.push(meta.path.clone());
+                self.parked.insert(up, (meta, data));
+                Outcome::Ok
+            }
+            Effect::Repark { up, meta } => {
+                self.paths.push(meta.path.clone());
+                self.parked.get_mut(&up).expect("repark a parked upload").0 = meta;
+                Outcome::Ok
+            }
+            Effect::LandParked { .. } if self.fail_landing.is_some() => {
+                Outcome::Failed(self.fail_landing.clone().unwrap())
+            }
+            Effect::LandParked { up, meta } => {
+                let (_, data) = self.parked.remove(&up).expect("land a parked upload");
+                self.paths.push(meta.path.clone());
+                let n = self.landed.len();
+                self.view
+                    .landed(&meta.path, data.len() as u64, &format!("id{n}"));
+                self.landed.push(Landed { meta, data });
+                Outcome::Ok
+            }
             Effect::Discard { up } => {
-                assert!(self.files.remove(&up).is_some(), "discard a live upload");
+                assert!(
+                    self.files.remove(&up).is_some() || self.parked.remove(&up).is_some(),
+                    "discard a live upload"
+                );
                 self.discarded += 1;
                 Outcome::Ok
             }
@@ -1043,7 +1075,7 @@ fn random_request_sequences_never_panic_or_escape() {
             assert!(sim.s.open_count() <= MAX_HANDLES, "seed {seed}");
             assert_eq!(
                 sim.s.unfinished(),
-                sim.files.len(),
+                sim.files.len() + sim.parked.len(),
                 "seed {seed}: uploads in step"
             );
         }
@@ -1053,8 +1085,15 @@ fn random_request_sequences_never_panic_or_escape() {
             let b: Vec<u8> = (0..n).map(|_| r.below(256) as u8).collect();
             sim.raw(Bytes::from(b));
         }
+        let parked = sim.parked.len();
+        let landed = sim.landed.len();
         sim.end();
         assert!(sim.files.is_empty(), "seed {seed}: every upload ended");
+        assert!(
+            sim.parked.is_empty(),
+            "seed {seed}: every parked upload landed"
+        );
+        assert_eq!(sim.landed.len(), landed + parked, "seed {seed}");
         for p in &sim.paths {
             assert!(
                 confined(p),
@@ -1063,6 +1102,295 @@ fn random_request_sequences_never_panic_or_escape() {
         }
         for l in &sim.landed {
             assert!(l.data.len() as u64 <= sim.s.settings.max_file_size);
+            // every landed byte was sent: the random writes send only 7s
+            assert!(
+                l.data.iter().all(|b| *b == 7),
+                "seed {seed}: a byte never sent landed"
+            );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// temporary names: parked durably at CLOSE, never vanishing
+
+#[test]
+fn temp_names_never_renamed_land_under_their_names_at_session_end() {
+    let mut sim = Sim::new();
+    // default patterns: `report.tmp` and `.env` are ordinary names, landed at CLOSE
+    ok_st(sim.put("report.tmp", b"r"));
+    ok_st(sim.put(".env", b"e"));
+    ok_st(sim.put("plain.csv", b"p"));
+    assert_eq!(sim.landed_paths(), ["report.tmp", ".env", "plain.csv"]);
+    // real temporary names are parked (durable) at CLOSE
+    ok_st(sim.put("x.filepart", b"xx"));
+    ok_st(sim.put("y.partial", b"yy"));
+    ok_st(sim.put("z.part", b"zz"));
+    ok_st(sim.rename("z.part", "dir/z2.part"));
+    assert_eq!(sim.parked.len(), 3);
+    assert!(sim.log.iter().any(|l| l.starts_with("Park")));
+    assert!(sim.log.iter().any(|l| l.starts_with("Repark")));
+    // one never closed
+    let h = sim.create("open.filepart");
+    ok_st(sim.write(&h, 0, b"o"));
+    sim.end();
+    let mut got = sim.landed_paths()[3..].to_vec();
+    got.sort();
+    assert_eq!(got, ["dir/z2.part", "x.filepart", "y.partial"]);
+    assert_eq!(sim.discarded, 1, "the unclosed upload");
+    assert!(sim.parked.is_empty() && sim.files.is_empty());
+}
+
+#[test]
+fn parked_upload_attributes_and_reopen() {
+    let mut sim = Sim::new();
+    ok_st(sim.put("a.filepart", b"abc"));
+    // WinSCP sets times on the temporary name before renaming
+    ok_st(sim.setstat(
+        "a.filepart",
+        FileAttributes {
+            mtime: Some(1_500_000_000),
+            atime: Some(1_500_000_001),
+            permissions: Some(0o600),
+            ..Default::default()
+        },
+    ));
+    ok_st(sim.setstat("a.filepart", size(3)));
+    refused(
+        sim.setstat("a.filepart", size(1)),
+        StatusCode::Failure,
+        "already closed",
+    );
+    // reopening without TRUNC would continue a closed file: refused, and it stays
+    refused(
+        sim.open("a.filepart", wc(), None).unwrap_err(),
+        StatusCode::Failure,
+        "already uploaded and closed",
+    );
+    assert_eq!(sim.stat("a.filepart").unwrap().size, Some(3));
+    ok_st(sim.posix_rename("a.filepart", "a"));
+    assert_eq!(
+        sim.landed[0].meta,
+        Meta {
+            path: "a".into(),
+            mode: 0o600,
+            mtime: Some(1_500_000_000),
+            atime: Some(1_500_000_001)
+        }
+    );
+    // a rename onto another upload's name is refused
+    ok_st(sim.put("b.part", b"1"));
+    ok_st(sim.put("c.part", b"2"));
+    refused(
+        sim.rename("b.part", "c.part"),
+        StatusCode::Failure,
+        "another upload",
+    );
+}
+
+#[test]
+fn a_failed_landing_at_rename_keeps_the_upload_parked() {
+    let mut sim = Sim::new();
+    ok_st(sim.put("f.filepart", b"data"));
+    sim.fail_landing = Some("ingestd: cannot land the file: disk on fire".into());
+    refused(
+        sim.rename("f.filepart", "f"),
+        StatusCode::Failure,
+        "disk on fire",
+    );
+    assert_eq!(sim.stat("f.filepart").unwrap().size, Some(4));
+    sim.fail_landing = None;
+    ok_st(sim.rename("f.filepart", "f"));
+    assert_eq!(sim.landed_paths(), ["f"]);
+    sim.end();
+    assert_eq!(sim.landed.len(), 1, "landed once");
+}
+
+#[test]
+fn a_temp_upload_with_a_hole_is_refused_at_close_not_parked() {
+    let mut sim = Sim::new();
+    let h = sim.create("hole.filepart");
+    ok_st(sim.write(&h, 10, b"x"));
+    refused(sim.close(&h), StatusCode::Failure, "never written");
+    assert!(sim.parked.is_empty());
+    assert_eq!(sim.discarded, 1);
+    sim.end();
+    assert!(sim.landed.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// append, resume and sparse writes: a byte the sender did not send never lands
+
+#[test]
+fn append_opens_are_refused() {
+    let mut sim = Sim::new();
+    ok_st(sim.put("f.bin", &[1; 1000]));
+    // OpenSSH sftp `reput` / `put -a`, sshfs `>>`: OPEN with APPEND
+    for flags in [
+        OpenFlags::WRITE | OpenFlags::APPEND,
+        OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::APPEND,
+    ] {
+        refused(
+            sim.open("f.bin", flags, None).unwrap_err(),
+            StatusCode::OpUnsupported,
+            "appending to or resuming an upload is not supported",
+        );
+    }
+    assert_eq!(sim.landed.len(), 1);
+}
+
+#[test]
+fn writes_that_leave_holes_never_land() {
+    let mut sim = Sim::new();
+    // resume without APPEND: a new upload written from the old size on
+    let h = sim.open("f.bin", wc(), None).unwrap();
+    ok_st(sim.write(&h, 1 << 20, &[2; 1000]));
+    let (code, msg) = sim.close(&h);
+    assert_eq!(code, StatusCode::Failure);
+    assert!(
+        msg.contains("bytes 0..1048576 of 1049576 were never written"),
+        "{msg}"
+    );
+    // one 5-byte write at 1 GiB - 5
+    let h = sim.create("sparse.bin");
+    ok_st(sim.write(&h, (1 << 30) - 5, b"12345"));
+    refused(sim.close(&h), StatusCode::Failure, "never written");
+    // FSETSTAT growing past the written end
+    let h = sim.create("grown.bin");
+    ok_st(sim.write(&h, 0, b"abc"));
+    ok_st(sim.fsetstat(&h, size(10)));
+    refused(sim.close(&h), StatusCode::Failure, "bytes 3..10");
+    // ... unless the rest is written afterwards (any order)
+    let h = sim.create("filled.bin");
+    ok_st(sim.fsetstat(&h, size(6)));
+    ok_st(sim.write(&h, 3, b"def"));
+    ok_st(sim.write(&h, 0, b"abc"));
+    ok_st(sim.close(&h));
+    // shrinking is fine
+    let h = sim.create("shrunk.bin");
+    ok_st(sim.write(&h, 0, b"abcdef"));
+    ok_st(sim.fsetstat(&h, size(2)));
+    ok_st(sim.close(&h));
+    // a shrink then growth re-opens a hole
+    let h = sim.create("regrown.bin");
+    ok_st(sim.write(&h, 0, b"abcdef"));
+    ok_st(sim.fsetstat(&h, size(2)));
+    ok_st(sim.fsetstat(&h, size(6)));
+    refused(sim.close(&h), StatusCode::Failure, "bytes 2..6");
+    // an empty file is complete
+    let h = sim.create("empty");
+    ok_st(sim.close(&h));
+    assert_eq!(sim.landed_paths(), ["filled.bin", "shrunk.bin", "empty"]);
+    assert_eq!(sim.landed[0].data, b"abcdef");
+    assert_eq!(sim.landed[1].data, b"ab");
+    assert_eq!(sim.discarded, 4);
+    assert!(sim.files.is_empty());
+}
+
+#[test]
+fn too_fragmented_uploads_are_refused() {
+    let mut sim = Sim::new();
+    let h = sim.create("frag");
+    for i in 0..super::super::ranges::MAX_PIECES as u64 {
+        ok_st(sim.write(&h, i * 2, b"x"));
+    }
+    refused(sim.write(&h, 1 << 30, b"x"), StatusCode::Failure, "pieces");
+    refused(sim.close(&h), StatusCode::Failure, "pieces");
+}
+
+// ---------------------------------------------------------------------------
+// SFTP-mode scp to a target directory that ends with '/'
+
+#[test]
+fn a_trailing_slash_names_a_directory() {
+    let mut sim = Sim::new();
+    // OpenSSH 9.2 scp `f host:some/dir/`: STAT "some/dir/", then (a directory)
+    // OPEN "some/dir/f"
+    let a = sim.stat("some/dir/").unwrap();
+    assert_eq!(a.permissions, Some(0o040755));
+    refused(
+        sim.stat("some/dir").unwrap_err(),
+        StatusCode::NoSuchFile,
+        "no such",
+    );
+    ok_st(sim.put("some/dir/f", b"f"));
+    assert_eq!(sim.landed_paths(), ["some/dir/f"]);
+    // a file is not a directory
+    refused(
+        sim.stat("some/dir/f/").unwrap_err(),
+        StatusCode::NoSuchFile,
+        "not a directory",
+    );
+    let h = sim.create("open.bin");
+    refused(
+        sim.stat("open.bin/").unwrap_err(),
+        StatusCode::NoSuchFile,
+        "not a directory",
+    );
+    ok_st(sim.close(&h));
+    // a file cannot be opened under a directory name
+    refused(
+        sim.open("other/", wc(), None).unwrap_err(),
+        StatusCode::Failure,
+        "names a directory",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// names that are not UTF-8
+
+fn sstr(b: &mut Vec<u8>, s: &[u8]) {
+    b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    b.extend_from_slice(s);
+}
+
+#[test]
+fn non_utf8_names_are_refused_before_decoding() {
+    let mut sim = Sim::new();
+    let bad: &[u8] = b"caf\xe9.csv";
+    // OPEN
+    let mut b = vec![3];
+    b.extend_from_slice(&5u32.to_be_bytes());
+    sstr(&mut b, bad);
+    b.extend_from_slice(&0x1au32.to_be_bytes());
+    b.extend_from_slice(&0u32.to_be_bytes());
+    let p = sim.raw(Bytes::from(b));
+    let (code, msg) = st(p, 5);
+    assert_eq!(code, StatusCode::Failure);
+    assert!(
+        msg.contains("not valid UTF-8") && msg.contains("caf"),
+        "{msg}"
+    );
+    // RENAME (second name), STAT, MKDIR, REALPATH, REMOVE, OPENDIR, posix-rename
+    let mut b = vec![18];
+    b.extend_from_slice(&6u32.to_be_bytes());
+    sstr(&mut b, b"ok");
+    sstr(&mut b, bad);
+    assert!(st(sim.raw(Bytes::from(b)), 6).1.contains("UTF-8"));
+    for typ in [17u8, 14, 16, 13, 11] {
+        let mut b = vec![typ];
+        b.extend_from_slice(&7u32.to_be_bytes());
+        sstr(&mut b, bad);
+        b.extend_from_slice(&0u32.to_be_bytes());
+        assert!(
+            st(sim.raw(Bytes::from(b)), 7).1.contains("UTF-8"),
+            "type {typ}"
+        );
+    }
+    let mut b = vec![200];
+    b.extend_from_slice(&8u32.to_be_bytes());
+    sstr(&mut b, b"posix-rename@openssh.com");
+    sstr(&mut b, b"a.part");
+    sstr(&mut b, bad);
+    assert!(st(sim.raw(Bytes::from(b)), 8).1.contains("UTF-8"));
+    assert!(sim.files.is_empty() && sim.landed.is_empty());
+    // valid UTF-8 beyond ASCII is fine
+    let mut b = vec![3];
+    b.extend_from_slice(&9u32.to_be_bytes());
+    sstr(&mut b, "café.csv".as_bytes());
+    b.extend_from_slice(&0x1au32.to_be_bytes());
+    b.extend_from_slice(&0u32.to_be_bytes());
+    assert!(matches!(sim.raw(Bytes::from(b)), Packet::Handle(_)));
+    assert_eq!(non_utf8_name(&[]), None);
+    assert_eq!(non_utf8_name(&[3, 0, 0, 0, 1, 0, 0, 0, 200]), None);
 }
