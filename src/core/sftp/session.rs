@@ -17,6 +17,18 @@
 //! The sender's view of what they uploaded before (landed files, directories) is
 //! reached through the [`View`] trait: an in-memory map in the daemon, a plain map
 //! in tests. Nothing here does I/O, reads a clock or panics on any input.
+//!
+//! The rules kept here:
+//! * A file lands at CLOSE; one whose name matches `sftp.temp_patterns` is made
+//!   durable at CLOSE instead ([`Effect::Park`]) and lands at its rename to a final
+//!   name, or under the name it has when the session ends: a closed file never
+//!   vanishes. An upload never closed is discarded (its sender was never told).
+//! * Only bytes the sender wrote land: every write is recorded in a
+//!   [`Ranges`] set, and an upload with a hole (a write past the end, a size set
+//!   past the written end) is refused at CLOSE with the range named. Opens with
+//!   APPEND (resume, `>>`) are refused: ingestd accepts whole files only.
+//! * Paths are confined to the sender's virtual root (`vpath`); a path ending in
+//!   `/` is a directory; names that are not UTF-8 are refused before decoding.
 
 use super::ranges::Ranges;
 use crate::core::vpath;
