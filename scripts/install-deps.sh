@@ -32,6 +32,8 @@ PACKAGES=(
   "gcc cmd:cc"
   "libc6-dev pkg"
   "binutils cmd:strip"
+  # SFTP append tests mount the node with sshfs
+  "sshfs pkg"
 )
 
 is_installed() {

@@ -718,13 +718,13 @@ s.rename("data.bin.part", "data.bin")
 if ready_count(ready) != n0 + 2:
     fail("data.bin not landed at rename")
 
-# A hidden *.tmp name (".*" and "*.tmp"), renamed through another temp name, into a dir.
+# rclone's *.partial, renamed through another temp name (*.part), into a dir.
 s.mkdir("final")
-s.put(h, ".hidden.tmp")
-s.rename(".hidden.tmp", "final/.still-hidden")
+s.put(h, "hidden.partial")
+s.rename("hidden.partial", "final/still.part")
 if ready_count(ready) != n0 + 2:
     fail("a temp-to-temp rename landed")
-s.rename("final/.still-hidden", "final/visible.dat")
+s.rename("final/still.part", "final/visible.dat")
 if ready_count(ready) != n0 + 3:
     fail("visible.dat not landed at rename")
 s.close(); c.close()
@@ -838,7 +838,7 @@ print("done")
 }
 
 #[test]
-fn paramiko_rm_of_own_temp_upload_and_unrenamed_temp_discarded() {
+fn paramiko_rm_of_own_temp_upload_and_unrenamed_temp_lands_under_its_name() {
     let node = held();
     let after = node.src.join("after.bin");
     let after_content = random_file(&after, 2000);
@@ -872,7 +872,10 @@ print("done")
     let landed = assert_landed_paths(&node, &["after.bin"]);
     assert_entry(&landed[0], &after_content, "after.bin", "sftp");
 
-    // A parked temp upload that is never renamed does not land when the session ends.
+    // A parked temp upload that is never renamed lands under its name when the
+    // session ends (the sender was told CLOSE succeeded: it must never vanish);
+    // `.never.tmp` is an ordinary name, landed at CLOSE.
+    let never = vec![b'x'; 100_000];
     let body = r#"
 c, s = connect()
 with s.open("never.part", "w") as f:
@@ -884,20 +887,32 @@ s.close(); c.close()
 print("done")
 "#;
     paramiko_ok(&node, "never renamed", body, &[path_str(&after)]);
+    node.wait_ready(3, Duration::from_secs(20));
+    let landed = assert_landed_paths(&node, &["after.bin", "never.part", ".never.tmp"]);
+    assert_entry(
+        find_one(&landed, "never.part"),
+        &never,
+        "never.part",
+        "sftp",
+    );
+    assert_entry(
+        find_one(&landed, ".never.tmp"),
+        &after_content,
+        ".never.tmp",
+        "sftp",
+    );
     wait_partial_empty(&node, "session ended with parked temp uploads");
-    std::thread::sleep(Duration::from_millis(500));
-    assert_landed_paths(&node, &["after.bin"]);
-    // and in a new session the names are gone
+    // and in a new session it is a landed file like any other
     let body = r#"
 c, s = connect()
-expect_err("stat of a temp upload of an ended session", lambda: s.stat("never.part"),
-           ("no such",), exc=FileNotFoundError)
-expect_err("rename of a temp upload of an ended session",
-           lambda: s.rename("never.part", "never"), ())
+if s.stat("never.part").st_size != 100000:
+    fail("stat of a landed temp-named upload")
+expect_err("rm of a landed temp-named upload", lambda: s.remove("never.part"),
+           ("cannot be removed",), exc=PermissionError)
 print("done")
 "#;
     paramiko_ok(&node, "after the session", body, &[]);
-    assert_landed_paths(&node, &["after.bin"]);
+    assert_landed_paths(&node, &["after.bin", "never.part", ".never.tmp"]);
 }
 
 #[test]
@@ -1282,4 +1297,380 @@ print("done")
 "#;
     paramiko_ok(&node, "oversized packet", body, &[]);
     assert!(node.landed().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// temporary names never vanish; a parked upload survives kill -9
+
+#[test]
+fn scp_temp_looking_and_temp_pattern_names_all_land() {
+    let node = held();
+    // Ordinary names that merely look temporary land at CLOSE.
+    let mut sent = Vec::new();
+    for (name, size) in [
+        ("report.tmp", 1000),
+        (".env", 20),
+        ("plain.csv", 300),
+        ("x.filepart", 70_000),
+        ("y.partial", 5),
+    ] {
+        let p = node.src.join(name);
+        sent.push((name, random_file(&p, size), p));
+    }
+    let mut args: Vec<&str> = sent[..3].iter().map(|(_, _, p)| path_str(p)).collect();
+    let root = node.target(USER, "");
+    args.push(&root);
+    scp_ok(&node, &args);
+    let landed = assert_landed_paths(&node, &["report.tmp", ".env", "plain.csv"]);
+    for (name, content, _) in &sent[..3] {
+        assert_entry(find_one(&landed, name), content, name, "sftp");
+    }
+    // Real temporary names (WinSCP, rclone) that are never renamed land under the
+    // name they have when the session ends.
+    let mut args: Vec<&str> = sent[3..].iter().map(|(_, _, p)| path_str(p)).collect();
+    args.push(&root);
+    scp_ok(&node, &args);
+    node.wait_ready(5, Duration::from_secs(20));
+    let landed = assert_landed_paths(
+        &node,
+        &["report.tmp", ".env", "plain.csv", "x.filepart", "y.partial"],
+    );
+    for (name, content, _) in &sent {
+        assert_entry(find_one(&landed, name), content, name, "sftp");
+    }
+    wait_partial_empty(&node, "temp names");
+    assert!(
+        node.log().contains("landed_parked=2 discarded_unclosed=0"),
+        "nothing closed was discarded:\n{}",
+        node.log()
+    );
+}
+
+/// Run a paramiko script in the background (it is killed when the guard drops).
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn paramiko_bg(node: &Node, body: &str, args: &[&str]) -> Bg {
+    require_tool(PYTHON);
+    let script = node.src.join(format!("paramiko-{}.py", unique_token()));
+    write_file(&script, format!("{PY_PRELUDE}\n{body}\n").as_bytes());
+    let port = node.port.to_string();
+    let child = Command::new(PYTHON)
+        .args([
+            path_str(&script),
+            "127.0.0.1",
+            &port,
+            USER,
+            path_str(&node.key),
+        ])
+        .args(args)
+        .current_dir(&node.src)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python3");
+    Bg(child)
+}
+
+#[test]
+fn parked_upload_survives_kill_9_between_close_and_rename() {
+    let mut node = held();
+    let a = node.src.join("a.csv");
+    let a_content = random_file(&a, 300_000);
+    let b = node.src.join("b.csv");
+    let b_content = random_file(&b, 2 << 20);
+    let marker = node.src.join("closed-marker");
+    // a: uploaded to a temp name and renamed (landed); b: closed under its temp name
+    // (CLOSE answered), then the daemon is killed before the rename comes.
+    let body = r#"
+import time
+c, s = connect()
+a, b, marker = ARGS
+s.put(a, "a.csv.filepart")
+s.posix_rename("a.csv.filepart", "a.csv")
+s.put(b, "b.csv.filepart")
+open(marker, "w").write("closed")
+time.sleep(120)
+"#;
+    let _bg = paramiko_bg(
+        &node,
+        body,
+        &[path_str(&a), path_str(&b), path_str(&marker)],
+    );
+    assert!(
+        poll(Duration::from_secs(60), || marker.exists().then_some(())).is_some(),
+        "the client never got its CLOSE answered; log:\n{}",
+        node.log()
+    );
+    node.kill9();
+    node.restart();
+    node.wait_ready(2, Duration::from_secs(20));
+    let landed = assert_landed_paths(&node, &["a.csv", "b.csv.filepart"]);
+    assert_entry(find_one(&landed, "a.csv"), &a_content, "a.csv", "sftp");
+    assert_entry(
+        find_one(&landed, "b.csv.filepart"),
+        &b_content,
+        "b.csv.filepart",
+        "sftp",
+    );
+    assert!(
+        node.log()
+            .contains("landed a parked upload left by the last run"),
+        "{}",
+        node.log()
+    );
+    wait_partial_empty(&node, "after restart");
+    // a second restart lands nothing twice
+    node.restart();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_landed_paths(&node, &["a.csv", "b.csv.filepart"]);
+}
+
+// ---------------------------------------------------------------------------
+// append, resume and sparse writes never deliver a byte the sender did not send
+
+/// The zero-filled landing the old node produced, if any.
+fn zero_prefixed(node: &Node) -> Vec<String> {
+    node.landed()
+        .iter()
+        .filter(|e| {
+            let d = e.data();
+            d.len() >= 4096 && d[..4096].iter().all(|b| *b == 0)
+        })
+        .map(|e| e.record.path.clone())
+        .collect()
+}
+
+#[test]
+fn sftp_reput_and_put_a_are_refused_clearly() {
+    let node = held();
+    let full = random_bytes(3 << 20, 21);
+    let f = node.src.join("f.bin");
+    write_file(&f, &full);
+    let head = node.src.join("head.bin");
+    write_file(&head, &full[..1 << 20]);
+    // the first megabyte arrived earlier (an interrupted transfer the sender
+    // re-sent as what it had)
+    sftp_batch_ok(&node, "put head.bin f.bin\nput head.bin g.bin\n");
+    for cmd in ["reput f.bin f.bin", "put -a f.bin g.bin"] {
+        let out = sftp_batch(&node, &format!("{cmd}\n"));
+        assert!(
+            !out.status.success(),
+            "`{cmd}` must fail (nothing can be appended to a delivered file):\n{}\n\
+             zero-prefixed landings: {:?}\nnode log:\n{}",
+            show(&out),
+            zero_prefixed(&node),
+            node.log()
+        );
+    }
+    assert!(zero_prefixed(&node).is_empty());
+    let landed = assert_landed_paths(&node, &["f.bin", "g.bin"]);
+    for e in &landed {
+        assert_entry(e, &full[..1 << 20], &e.record.path.clone(), "sftp");
+    }
+    assert!(
+        node.log()
+            .contains("appending to or resuming an upload is not supported"),
+        "the refusal is logged with its reason:\n{}",
+        node.log()
+    );
+    wait_partial_empty(&node, "refused appends");
+}
+
+#[test]
+fn sshfs_append_is_refused() {
+    let node = held();
+    require_tool("sshfs");
+    require_tool("fusermount3");
+    let mnt = node.src.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let first = node.src.join("first.txt");
+    write_file(&first, &random_bytes(100_000, 3));
+    sftp_batch_ok(&node, "put first.txt log.txt\n");
+    let mut v = argv(&["sshfs", "-p", &node.port.to_string()]);
+    v.extend(argv(&[
+        "-o",
+        &format!(
+            "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes",
+            path_str(&node.key)
+        ),
+        &format!("{USER}@127.0.0.1:"),
+        path_str(&mnt),
+    ]));
+    let out = run(&v, &node.src);
+    require_ok(&node, "sshfs mount", &out);
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    // `echo more >> log.txt`
+    let out = run(
+        &argv(&[
+            "sh",
+            "-c",
+            &format!("echo more >> '{}'/log.txt", mnt.display()),
+        ]),
+        &node.src,
+    );
+    assert!(
+        !out.status.success(),
+        "appending through sshfs must fail:\n{}\nzero-prefixed: {:?}\nnode log:\n{}",
+        show(&out),
+        zero_prefixed(&node),
+        node.log()
+    );
+    drop(_u);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(zero_prefixed(&node).is_empty());
+    assert_landed_paths(&node, &["log.txt"]);
+}
+
+#[test]
+fn paramiko_sparse_and_grown_uploads_are_refused_at_close() {
+    let node = held();
+    // paramiko's SFTPFile.close() swallows a failed CLOSE, so the CLOSE is sent
+    // with its request call, which raises with the status message.
+    let body = r#"
+from paramiko.sftp import CMD_CLOSE
+c, s = connect()
+def close_raw(f):
+    try:
+        s._request(CMD_CLOSE, f.handle)
+    finally:
+        f._closed = True
+f = s.open("sparse.bin", "w")
+f.seek((1 << 30) - 5)
+f.write(b"12345")
+f.flush()
+expect_err("CLOSE after one 5-byte write at 1 GiB - 5", lambda: close_raw(f), ("never written",))
+f = s.open("grown.bin", "w")
+f.write(b"abc")
+f.truncate(1 << 20)
+expect_err("CLOSE after FSETSTAT size past the written end", lambda: close_raw(f),
+           ("never written",))
+with s.open("shrunk.bin", "w") as f:
+    f.write(b"abcdef")
+    f.truncate(2)
+expect_err("stat of the refused upload", lambda: s.stat("sparse.bin"), ("no such",),
+           exc=FileNotFoundError)
+s.close(); c.close()
+print("done")
+"#;
+    let out = paramiko(&node, body, &[]);
+    let landed = node.landed();
+    assert!(
+        out.status.success(),
+        "sparse uploads must be refused at CLOSE:\n{}\nlanded: {:?}\nnode log:\n{}",
+        show(&out),
+        landed
+            .iter()
+            .map(|e| (&e.record.path, e.record.size))
+            .collect::<Vec<_>>(),
+        node.log()
+    );
+    let landed = assert_landed_paths(&node, &["shrunk.bin"]);
+    assert_entry(&landed[0], b"ab", "shrunk.bin", "sftp");
+    wait_partial_empty(&node, "sparse uploads");
+}
+
+// ---------------------------------------------------------------------------
+// target directories, names that are not UTF-8
+
+#[test]
+fn scp_to_a_dir_path_ending_with_slash_keeps_the_file_name_in_both_modes() {
+    let node = held();
+    let f = node.src.join("f.dat");
+    let content = random_file(&f, 5000);
+    scp_ok(&node, &[path_str(&f), &node.target(USER, "some/dir/")]);
+    scp_o_ok(&node, &[path_str(&f), &node.target(USER, "other/dir/")]);
+    let landed = assert_landed_paths(&node, &["some/dir/f.dat", "other/dir/f.dat"]);
+    assert_eq!(
+        landed
+            .iter()
+            .find(|e| e.record.protocol == "sftp")
+            .unwrap()
+            .record
+            .path,
+        "some/dir/f.dat"
+    );
+    for e in &landed {
+        assert_entry(
+            e,
+            &content,
+            &e.record.path.clone(),
+            &e.record.protocol.clone(),
+        );
+    }
+}
+
+/// `scp` (SFTP mode) of one local file whose name need not be UTF-8.
+fn scp_sftp_path(node: &Node, file: &Path, target: &str) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--kill-after=5")
+        .arg(CMD_TIMEOUT_SECS.to_string())
+        .arg("/usr/bin/scp")
+        .arg("-P")
+        .arg(node.port.to_string())
+        .args(node.ssh_opts())
+        .arg(file)
+        .arg(target)
+        .current_dir(&node.src)
+        .stdin(Stdio::null());
+    cmd.output().expect("run scp")
+}
+
+#[test]
+fn non_utf8_names_are_refused_not_rewritten() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = held();
+    let f = node.src.join(std::ffi::OsStr::from_bytes(b"caf\xe9.csv"));
+    fs::write(&f, b"latin-1 name").unwrap();
+    let scp = scp_sftp_path(&node, &f, &node.target(USER, ""));
+    let body = r#"
+c, s = connect()
+expect_err("open of a non-UTF-8 name", lambda: s.open(b"caf\xe9.csv", "w"), ("utf-8",))
+expect_err("mkdir of a non-UTF-8 name", lambda: s.mkdir(b"d\xff"), ("utf-8",))
+# a name with a newline and quotes is refused, and logged escaped (one log line)
+expect_err("newline", lambda: s.open('evil\nINFO forged "line"', "w"), ("control",))
+s.put(ARGS[0], "caf\u00e9.csv")
+s.close(); c.close()
+print("done")
+"#;
+    let ok_file = node.src.join("ok.csv");
+    let ok_content = random_file(&ok_file, 100);
+    let pm = paramiko(&node, body, &[path_str(&ok_file)]);
+    let landed = node.landed();
+    assert!(
+        !scp.status.success() && pm.status.success() && landed.len() == 1,
+        "non-UTF-8 names must be refused, not rewritten to U+FFFD:\nscp: {}\nparamiko: {}\n\
+         landed: {:?}\nnode log:\n{}",
+        show(&scp),
+        show(&pm),
+        landed
+            .iter()
+            .map(|e| e.record.path.clone())
+            .collect::<Vec<_>>(),
+        node.log()
+    );
+    assert_entry(&landed[0], &ok_content, "caf\u{e9}.csv", "sftp");
+    assert!(
+        node.log().contains("not valid UTF-8"),
+        "the refusal is logged:\n{}",
+        node.log()
+    );
+    assert!(
+        !node.log().lines().any(|l| l.starts_with("INFO forged")),
+        "a sender's newline forged a log line:\n{}",
+        node.log()
+    );
 }

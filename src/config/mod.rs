@@ -164,7 +164,8 @@ impl Default for SpoolConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SftpConfig {
     /// Client-side temporary names (glob patterns on the last path component):
-    /// such a file is landed when renamed to its final name, not at CLOSE.
+    /// such a file is made durable at CLOSE (parked) and landed when renamed to its
+    /// final name, or under the name it has when the session ends.
     pub temp_patterns: Vec<String>,
     /// Allow reading file contents back (default: upload only).
     pub allow_download: bool,
@@ -175,12 +176,10 @@ pub struct SftpConfig {
 impl Default for SftpConfig {
     fn default() -> Self {
         SftpConfig {
-            temp_patterns: vec![
-                "*.filepart".into(),
-                "*.part".into(),
-                "*.tmp".into(),
-                ".*".into(),
-            ],
+            // Names real upload tools use while a file is incomplete: WinSCP
+            // (`*.filepart`), rclone (`*.partial`), lftp/FileZilla-style `*.part`.
+            // Not `*.tmp` or dot-files: those are ordinary names too.
+            temp_patterns: vec!["*.filepart".into(), "*.partial".into(), "*.part".into()],
             allow_download: false,
             visible_for: HumanDuration(Duration::from_secs(3600)),
         }

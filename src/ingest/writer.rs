@@ -63,11 +63,6 @@ impl FileWriter {
         Ok(FileWriter { tx, error, len: 0 })
     }
 
-    /// Bytes in the file so far (highest end offset written, or the length set).
-    pub fn size(&self) -> u64 {
-        self.len
-    }
-
     fn check(&self) -> io::Result<()> {
         match &*self.error.lock().unwrap() {
             Some(e) => Err(io::Error::other(e.clone())),

@@ -6,6 +6,8 @@
 //! ```text
 //! spool/
 //!   partial/<id>/      upload in progress: `data` (+ `record.json` once complete); swept at start
+//!   parked/<id>/       SFTP upload closed under a temporary name, durable, waiting for its
+//!                      rename; landed (under the name in its record) at session end or start
 //!   ready/<id>/        landed and durable: `data` + `record.json`
 //!   archived/<id>/     the archive copy is verified and durable
 //!   processed/<id>/    products are durable in `out/`
@@ -30,6 +32,7 @@ pub const ARCHIVED: &str = "archived";
 pub const PROCESSED: &str = "processed";
 pub const QUARANTINE: &str = "quarantine";
 pub const WORK: &str = "work";
+pub const PARKED: &str = "parked";
 /// Every state directory, in pipeline order.
 pub const STATES: [&str; 4] = [READY, ARCHIVED, PROCESSED, QUARANTINE];
 
@@ -146,7 +149,7 @@ impl Spool {
     ) -> io::Result<Spool> {
         let lock = lock(root)?;
         let mut created = false;
-        for d in [PARTIAL, READY, ARCHIVED, PROCESSED, QUARANTINE, WORK] {
+        for d in [PARTIAL, READY, ARCHIVED, PROCESSED, QUARANTINE, WORK, PARKED] {
             match fs::create_dir(root.join(d)) {
                 Ok(()) => created = true,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -166,6 +169,7 @@ impl Spool {
                 };
             }
         }
+        land_parked_at_start(root)?;
         Ok(Spool {
             root: root.to_path_buf(),
             node_id: node_id.to_string(),
@@ -343,6 +347,88 @@ impl Spool {
 
 /// At most this many fsyncs of one group commit are in flight at once.
 const FSYNC_THREADS: usize = 32;
+
+/// Parked uploads (SFTP temporary names closed but not yet renamed). Each moves
+/// by one `rename(2)` from `partial/` to `parked/` and from `parked/` to `ready/`,
+/// so it is landed at most once whatever dies when; its record is rewritten (temp
+/// name, fsync, rename, fsync) before it moves, so a restart lands it under the
+/// last name the sender was told about.
+impl Spool {
+    /// Make a completed upload durable in `parked/<id>/` (data, record, entry and
+    /// both directories fsynced) before the sender hears that CLOSE succeeded.
+    pub fn park(&self, staged: Staged) -> io::Result<Record> {
+        sync_all_parallel(std::slice::from_ref(&staged))?;
+        let parked = self.dir(PARKED);
+        fs::rename(&staged.dir, parked.join(&staged.record.id))?;
+        fsync_dir(&parked)?;
+        fsync_dir(&self.dir(PARTIAL))?;
+        Ok(staged.record.clone())
+    }
+
+    /// Rewrite a parked entry's record durably (`update` changes it).
+    pub fn repark(&self, id: &str, update: impl FnOnce(&mut Record)) -> io::Result<Record> {
+        let dir = self.dir(PARKED).join(id);
+        let mut rec = read_record(&dir)?;
+        let old = rec.clone();
+        update(&mut rec);
+        if rec != old {
+            let json = serde_json::to_vec_pretty(&rec).map_err(io::Error::other)?;
+            write_atomic(&dir.join(RECORD), &json)?;
+        }
+        Ok(rec)
+    }
+
+    /// Land a parked entry: record rewritten durably (`update`), then moved into
+    /// `ready/` and both directories fsynced.
+    pub fn land_parked(&self, id: &str, update: impl FnOnce(&mut Record)) -> io::Result<Record> {
+        let rec = self.repark(id, update)?;
+        let (parked, ready) = (self.dir(PARKED), self.dir(READY));
+        fs::rename(parked.join(id), ready.join(id))?;
+        fsync_dir(&ready)?;
+        fsync_dir(&parked)?;
+        self.wake.notify_one();
+        Ok(rec)
+    }
+
+    /// Remove a parked entry (the sender removed it, or replaced it): moved out of
+    /// `parked/` durably first, so a restart cannot land it.
+    pub fn discard_parked(&self, id: &str) -> io::Result<()> {
+        let gone = self.dir(WORK).join(format!("{id}.discarded"));
+        fs::rename(self.dir(PARKED).join(id), &gone)?;
+        fsync_dir(&self.dir(PARKED))?;
+        fs::remove_dir_all(&gone)
+    }
+}
+
+/// At start: every parked entry lands under the name in its record (the sender
+/// was told its CLOSE succeeded; the rename that would have named it never came).
+fn land_parked_at_start(root: &Path) -> io::Result<()> {
+    let (parked, ready) = (root.join(PARKED), root.join(READY));
+    let mut moved = false;
+    for e in fs::read_dir(&parked)? {
+        let dir = e?.path();
+        let _ = fs::remove_file(dir.join(format!(".{RECORD}.tmp")));
+        let id = dir.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        match read_record(&dir) {
+            Ok(rec) if dir.join(DATA).is_file() => {
+                fs::rename(&dir, ready.join(&id))?;
+                moved = true;
+                tracing::info!(id = %rec.id, user = ?rec.user, path = ?rec.path, size = rec.size,
+                    "landed a parked upload left by the last run under the name it had");
+            }
+            _ => {
+                // never complete (parking renames only finished entries): not acknowledged
+                tracing::warn!(entry = ?dir, "removing an incomplete parked entry");
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    if moved {
+        fsync_dir(&ready)?;
+        fsync_dir(&parked)?;
+    }
+    Ok(())
+}
 
 /// Make the data, record and entry directory of every staged file durable: every
 /// file is fsynced itself (a `syncfs` of the whole file system would not report a
@@ -709,6 +795,61 @@ mod tests {
             times.sort();
             eprintln!("group of {n}: median {:?} ({:?})", times[2], times);
         }
+    }
+
+    #[test]
+    fn parked_entries_land_once_under_their_last_name() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+        let park = |name: &str| {
+            let mut p = s.begin(incoming()).unwrap();
+            p.write(name.as_bytes()).unwrap();
+            p.info.path = format!("{name}.filepart");
+            s.park(p.complete().unwrap()).unwrap()
+        };
+        let (a, b, c, d) = (park("a"), park("b"), park("c"), park("d"));
+        assert!(fs::read_dir(s.dir(PARTIAL)).unwrap().next().is_none());
+        assert_eq!(fs::read_dir(s.dir(PARKED)).unwrap().count(), 4);
+        // a: renamed (landed) now
+        let r = s.land_parked(&a.id, |r| r.path = "a.csv".into()).unwrap();
+        assert_eq!(r.path, "a.csv");
+        assert_eq!(
+            read_record(&s.dir(READY).join(&a.id)).unwrap().path,
+            "a.csv"
+        );
+        // b: renamed to another temporary name, then the node dies
+        s.repark(&b.id, |r| r.path = "dir/b.part".into()).unwrap();
+        // c: removed by the sender
+        s.discard_parked(&c.id).unwrap();
+        // d: the record rewritten, the crash came before the move into ready/
+        s.repark(&d.id, |r| r.path = "d.csv".into()).unwrap();
+        fs::write(s.dir(PARKED).join(&d.id).join(".record.json.tmp"), b"junk").unwrap();
+        // an entry without a record was never parked completely
+        fs::create_dir(s.dir(PARKED).join("n1-broken")).unwrap();
+        drop(s);
+        let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
+        assert!(fs::read_dir(s.dir(PARKED)).unwrap().next().is_none());
+        let mut landed: Vec<(String, String)> = fs::read_dir(s.dir(READY))
+            .unwrap()
+            .map(|e| {
+                let d = e.unwrap().path();
+                let r = read_record(&d).unwrap();
+                assert_eq!(
+                    fs::read(d.join(DATA)).unwrap(),
+                    &r.file_name().as_bytes()[..1]
+                );
+                assert!(!d.join(".record.json.tmp").exists());
+                (r.id, r.path)
+            })
+            .collect();
+        landed.sort();
+        let mut want = vec![
+            (a.id, "a.csv".to_string()),
+            (b.id, "dir/b.part".to_string()),
+            (d.id, "d.csv".to_string()),
+        ];
+        want.sort();
+        assert_eq!(landed, want);
     }
 
     #[test]
