@@ -154,8 +154,6 @@ min_free = "16MiB"
 dir = "/data/n$1/archive"
 [forward]
 dir = "/data/n$1/outgoing"
-[pipeline]
-rescan_interval = "2s"
 [health]
 listen = "$2"
 $3
@@ -183,9 +181,9 @@ say "initramfs: $(du -sh "$R" | cut -f1) unpacked, $(( $(stat -c %s "$W/initrd.g
 LOG=$W/console.log
 say "booting the guest (qemu TCG, ${MEM} MiB, -nic none, limit ${VM_TMO}s)"
 T_BOOT=$SECONDS
-timeout -k 10 "$VM_TMO" qemu-system-x86_64 -accel tcg -cpu qemu64 -m "$MEM" -smp 1 -nographic -nic none \
+timeout -k 10 "$VM_TMO" qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64 -m "$MEM" -smp 2 -nographic -nic none \
   -no-reboot -kernel "$W/k/boot/vmlinuz-$KVER" -initrd "$W/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 ipvsvm.tmo=$VM_TMO" </dev/null > "$LOG" 2>&1 &
+  -append "console=ttyS0 quiet panic=-1 mitigations=off ipvsvm.tmo=$VM_TMO" </dev/null > "$LOG" 2>&1 &
 QPID=$!
 # stream the guest's progress lines while it runs
 tail -n +1 -f "$LOG" --pid=$QPID 2>/dev/null | sed -u 's/\r$//' | grep -a --line-buffered -E '^(IPVSVM|GUEST)' &
