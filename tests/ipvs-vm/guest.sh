@@ -110,7 +110,6 @@ mkdir -p /run/lvs1
 T=$SECONDS
 nsx lvs1 keepalived -n -l -D -f /etc/keepalived/keepalived.conf -i lvs1 -p /run/lvs1/keepalived.pid \
   -r /run/lvs1/vrrp.pid -c /run/lvs1/checkers.pid > /run/ka.log 2>&1 &
-KA=$!
 has_vip() { nsx lvs1 ip -4 addr show dev eth0 | grep -q " $VIP/32 "; }
 until_ok 60 has_vip || fatal "keepalived (VRRP) did not put the VIP on lvs1 eth0 within 60 s"
 until_ok 90 all_weight 1 || fatal "keepalived did not bring n1..n3 up (weight 1) within 90 s"
@@ -127,17 +126,27 @@ SEQ=0; RETRIES=0
 mkfile() { head -c $(( $2 * 1024 )) /dev/urandom > /tmp/src/$1; }
 # scp_to NAME [SCP OPTIONS]: one upload through the VIP from the client namespace
 scp_to() { local f=$1; shift; nsx client timeout -k 5 150 scp "$@" "${SCPO[@]}" /tmp/src/$f up@$VIP: 2>>/run/scp.err; }
+# scp_retry NAME [SCP OPTIONS]: up to 3 attempts 3 s apart, as senders retry (a
+# check that timed out under TCG can leave no node at weight 1 for a delay_loop)
+scp_retry() {
+  local a
+  for a in 1 2 3; do
+    scp_to "$@" && return 0
+    RETRIES=$((RETRIES + 1)); echo "$(date +%T) $1 attempt $a failed" >> /run/scp.err; sleep 3
+  done
+  return 1
+}
 # where NAME: the node whose spool/archive holds NAME's record (empty: none)
 where() { local n; for n in 1 2 3; do grep -rqF "$1" /data/n$n 2>/dev/null && echo n$n; done | tr '\n' ' ' | sed 's/ $//'; }
 # upload N TAG: N uploads one after the other (alternately legacy SCP and SFTP; a
-# failed scp is retried once after 1 s, as senders do: RETRIES counts them);
+# failed scp is retried, see scp_retry: RETRIES counts the retries);
 # sets OK (succeeded), CNT[1..3] (landed per node), LANDED (list)
 upload() {
   local i name m w; OK=0; CNT=([1]=0 [2]=0 [3]=0); LANDED=""
   for ((i = 0; i < $1; i++)); do
     SEQ=$((SEQ + 1)); name=$(printf '%s-%03d.bin' "$2" $SEQ); mkfile $name 32
     if (( SEQ % 2 )); then m=(-O); else m=(); fi
-    if scp_to $name "${m[@]}" || { RETRIES=$((RETRIES + 1)); sleep 1; scp_to $name "${m[@]}"; }; then
+    if scp_retry $name "${m[@]}"; then
       OK=$((OK + 1)); w=$(where $name); LANDED+=" ${w:-?}"
       case "$w" in n1|n2|n3) CNT[${w#n}]=$(( CNT[${w#n}] + 1 ));; esac
     else
@@ -151,7 +160,7 @@ counts() { echo "n1=${CNT[1]} n2=${CNT[2]} n3=${CNT[3]}"; }
 slow_start() {
   SEQ=$((SEQ + 1)); SLOW_NAME=$(printf '%s-%03d.bin' "$1" $SEQ); mkfile $SLOW_NAME $SLOW_KIB
   rm -f /run/slow.rc
-  ( scp_to $SLOW_NAME -O -l $SLOW_KBIT; echo $? > /run/slow.rc ) &
+  ( scp_retry $SLOW_NAME -O -l $SLOW_KBIT; echo $? > /run/slow.rc ) &
   SLOW_PID=$!
 }
 slow_running() { [ ! -e /run/slow.rc ]; }
@@ -230,6 +239,7 @@ say "C: landed:$LANDED"
 # service and the VIP), put the VIP on the director as a static address, then drive
 # the table with the wrapper only. Short IPVS FIN timeout so a drain ends in seconds
 # (the default keeps InActConn for 2 min after each transfer).
+KA=$(cat /run/lvs1/keepalived.pid)
 kill -TERM $KA; until_ok 30 test ! -e /proc/$KA || fail "keepalived did not stop within 30 s"
 no_service() { [ -z "$(ipvsadm_ -L -n | awk '$1=="TCP"')" ]; }
 until_ok 10 no_service || fail "keepalived left its service in the table"
