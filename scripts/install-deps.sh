@@ -23,6 +23,12 @@ PACKAGES=(
   "glusterfs-client pkg"
   "b3sum cmd:b3sum"
   "python3 cmd:python3"
+  # real IPVS in a qemu guest (tests/ipvs-vm/run.sh; it fetches Debian's cloud
+  # kernel itself with `apt-get download`): qemu (TCG), a static busybox for the
+  # initramfs, strip for the ingestd binary
+  "qemu-system-x86 cmd:qemu-system-x86_64"
+  "busybox-static pkg"
+  "binutils cmd:strip"
 )
 
 is_installed() {
