@@ -23,7 +23,7 @@ PACKAGES=(
   "glusterfs-client pkg"
   "b3sum cmd:b3sum"
   "python3 cmd:python3"
-  # tests/powercut (the power-cut test): a qemu guest booting Debian's cloud kernel
+  # tests/powercut (the power-cut test) and tests/ipvs-vm (real IPVS): a qemu guest booting Debian's cloud kernel
   # (downloaded below, not installed) from a busybox initramfs, an ext4 disk image,
   # the LD_PRELOAD control shim built with cc, a checker in python3 using b3sum.
   "qemu-system-x86 cmd:qemu-system-x86_64"

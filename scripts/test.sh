@@ -65,6 +65,15 @@ if ! timeout --kill-after=60s 10m bash tests/lab/lab.sh; then
 fi
 # --- end of the pool lab block ----------------------------------------------------
 
+# --- the director files on real IPVS (tests/ipvs-vm/) ----------------------------------
+step "director files on real IPVS (tests/ipvs-vm/run.sh: keepalived + ipvsadm in a qemu TCG guest)"
+# Boots Debian's cloud kernel (apt-get download, cached in /var/cache/ingestd-ipvs-vm)
+# with target/release/ingestd from the cargo test step. Bounded; cleans up after itself.
+if ! timeout --kill-after=30s 20m bash tests/ipvs-vm/run.sh; then
+  failed+=("ipvs-vm")
+fi
+# --- end of the ipvs-vm block -----------------------------------------------------------
+
 step "layering (core is pure; see ARCHITECTURE.md)"
 if ! bash scripts/check-layers.sh; then
   failed+=("check-layers")

@@ -9,11 +9,14 @@
 #   --no-ipvs           for `keepalived -P` (VRRP only, kernels without ip_vs): drop
 #                       lvs_sync_daemon (keepalived 2.2.7 crash-loops with it in -P
 #                       mode, keepalived #2203)
+#   --pwd DIR           what ${_PWD} becomes (default: SRC's directory); for a DST
+#                       that is installed beside a copy of the keepalived/ files
+#                       elsewhere, e.g. /etc/keepalived inside the tests/ipvs-vm guest
 # ${_PWD} (the config's own directory, where check-ssh-banner lives) becomes SRC's
-# directory, so DST may be written anywhere.
+# directory (or --pwd DIR), so DST may be written anywhere.
 # Fails if any expected anchor is missing from SRC (the shipped file changed shape).
 set -euo pipefail
-vip=""; iface=""; nodes=(); hport=""; noipvs=0
+vip=""; iface=""; nodes=(); hport=""; noipvs=0; pwd_=""
 while [ $# -gt 1 ]; do
   case "$1" in
     --vip) vip=$2; shift 2 ;;
@@ -21,11 +24,13 @@ while [ $# -gt 1 ]; do
     --node) nodes+=("$2"); shift 2 ;;
     --health-port) hport=$2; shift 2 ;;
     --no-ipvs) noipvs=1; shift ;;
+    --pwd) pwd_=$2; shift 2 ;;
     *) echo "adapt-keepalived: unknown option $1" >&2; exit 2 ;;
   esac
 done
 src=${1:?usage: adapt-keepalived.sh [options] SRC}
 srcdir=$(cd "$(dirname "$src")" && pwd)
+[ -n "$pwd_" ] && srcdir=$pwd_
 for anchor in '^\$VIP=' '^\$IFACE=' '^\$HEALTH_PORT=' '# BEGIN pool' '# END pool' 'lvs_sync_daemon' '\${_PWD}/check-ssh-banner'; do
   grep -q "$anchor" "$src" || { echo "adapt-keepalived: $src has no line matching $anchor" >&2; exit 1; }
 done
