@@ -474,3 +474,79 @@ fn sha1_rsa_signatures_are_refused_by_default() {
         node2.log()
     );
 }
+
+#[test]
+fn the_pipeline_follows_no_symlink_planted_in_the_spool_and_copies_are_private() {
+    let node = Node::start();
+    // A secret only root may read, and a planted entry pointing at it.
+    let secret = node.dir.path().join("secret");
+    std::fs::write(&secret, b"TOP-SECRET-BYTES").unwrap();
+    set_mode(&secret, 0o600);
+    let ready = node.state_dir("ready");
+    let planted = ready.join("test-node-01JPLANTED000000000000000000");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::symlink(&secret, planted.join("data")).unwrap();
+    std::fs::write(
+        planted.join("record.json"),
+        format!(
+            r#"{{"id":"test-node-01JPLANTED000000000000000000","node":"test-node","user":"x","path":"stolen","size":16,"mode":420,"mtime":null,"atime":null,"blake3":"{}","remote_addr":"x","received_at":"2026-01-01T00:00:00.000Z","protocol":"scp"}}"#,
+            blake3_hex(b"TOP-SECRET-BYTES")
+        ),
+    )
+    .unwrap();
+    // A directory symlink too.
+    std::os::unix::fs::symlink(
+        node.dir.path(),
+        ready.join("test-node-01JPLANTEDDIR0000000000000000"),
+    )
+    .unwrap();
+    // And a normal upload, which must be delivered with a private mode.
+    good_upload(&node, "normal.bin");
+    let ok = poll(Duration::from_secs(30), || {
+        std::fs::read_dir(&node.outgoing)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with("__normal.bin"))
+    });
+    let fwd = ok.expect("the normal upload is forwarded");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fwd.metadata().unwrap().permissions().mode() & 0o777,
+        0o600,
+        "forwarded copy private"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for dir in [&node.archive, &node.outgoing] {
+        let out = Command::new("grep")
+            .args(["-rl", "TOP-SECRET"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.is_empty(),
+            "the secret was copied out: {}",
+            show(&out)
+        );
+    }
+    let archived: Vec<_> = walk(&node.archive);
+    assert!(!archived.is_empty());
+    for p in archived {
+        let m = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o600, "archive file {p:?} private");
+    }
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v
+}

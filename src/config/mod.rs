@@ -2,7 +2,7 @@
 //! defaults, the embedded default configuration, relative-path resolution and
 //! semantic validation (`ingestd check-config`).
 
-use crate::core::units::{ByteSize, HumanDuration, Rate};
+use crate::core::units::{ByteSize, FileMode, HumanDuration, Rate};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -193,6 +193,8 @@ pub struct ArchiveConfig {
     /// Layout under `dir`: `{date}` (UTC YYYY-MM-DD), `{node}`, `{id}`, `{user}`, `{name}`
     /// (sender path, '/' kept). Must contain `{id}` so names are unique across the pool.
     pub layout: String,
+    /// Mode of the archive copies and their records (octal; private by default).
+    pub file_mode: FileMode,
 }
 
 impl Default for ArchiveConfig {
@@ -200,6 +202,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             dir: "/srv/backup/ingestd".into(),
             layout: "{date}/{node}/{id}/{name}".into(),
+            file_mode: FileMode(0o600),
         }
     }
 }
@@ -226,12 +229,16 @@ fn default_concurrency() -> usize {
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
     pub dir: PathBuf,
+    /// Mode of the delivered files (octal; private by default: give the consumer
+    /// access by group, e.g. "0640" with a setgid forward directory).
+    pub file_mode: FileMode,
 }
 
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
             dir: "/srv/outgoing".into(),
+            file_mode: FileMode(0o600),
         }
     }
 }

@@ -51,10 +51,22 @@ mod tests {
     #[test]
     fn options() {
         let ip: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
-        assert_eq!(options_allow(["restrict", "no-pty"].into_iter(), ip), Ok(true));
-        assert_eq!(options_allow(["from=\"10.0.0.0/8\""].into_iter(), ip), Ok(true));
-        assert_eq!(options_allow(["from=\"192.168.*\""].into_iter(), ip), Ok(false));
-        assert_eq!(options_allow(["from=\"10.*\""].into_iter(), None), Ok(false));
+        assert_eq!(
+            options_allow(["restrict", "no-pty"].into_iter(), ip),
+            Ok(true)
+        );
+        assert_eq!(
+            options_allow(["from=\"10.0.0.0/8\""].into_iter(), ip),
+            Ok(true)
+        );
+        assert_eq!(
+            options_allow(["from=\"192.168.*\""].into_iter(), ip),
+            Ok(false)
+        );
+        assert_eq!(
+            options_allow(["from=\"10.*\""].into_iter(), None),
+            Ok(false)
+        );
         assert!(options_allow(["command=\"/bin/sh\""].into_iter(), ip).is_err());
         assert!(options_allow(["cert-authority"].into_iter(), ip).is_err());
     }

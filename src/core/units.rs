@@ -127,9 +127,46 @@ impl Serialize for Rate {
     }
 }
 
+/// A file mode written in octal: `"0640"`, `"600"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim(), 8)
+        .map_err(|_| format!("invalid file mode {s:?}: write it in octal, like \"0640\""))?;
+    if m > 0o777 {
+        return Err(format!(
+            "invalid file mode {s:?}: permission bits only (at most 0777)"
+        ));
+    }
+    Ok(m)
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_mode(&s).map(FileMode).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0640").unwrap(), 0o640);
+        assert_eq!(parse_mode("600").unwrap(), 0o600);
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("7777").is_err());
+        assert!(parse_mode("rw").is_err());
+    }
 
     #[test]
     fn rates() {

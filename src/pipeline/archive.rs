@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::core::naming::{record_path, render_layout};
 use crate::core::record::Record;
 use crate::spool::{fsync_dir, read_record, DATA, READY};
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +44,7 @@ pub fn archive(cfg: &Config, spool_root: &Path, id: &str, to_state: &str) -> Res
         &dst,
         Some((&rec.blake3, rec.size)),
         rec.mtime,
+        cfg.archive.file_mode.0,
     )
     .map_err(|e| match e {
         CopyError::Source(e) => fsx::spool_error("reading spooled data", &entry, e),
@@ -53,7 +54,7 @@ pub fn archive(cfg: &Config, spool_root: &Path, id: &str, to_state: &str) -> Res
 
     let rpath = record_path(&dst);
     let rtmp = dir.join(format!(".ingestd-{id}.record.tmp"));
-    write_synced(&rtmp, &rpath, &rec)
+    write_synced(&rtmp, &rpath, &rec, cfg.archive.file_mode.0)
         .map_err(|e| fsx::target_error(&format!("writing {}", rpath.display()), root, e))?;
     fsync_dir(&dir)
         .map_err(|e| fsx::target_error(&format!("syncing {}", dir.display()), root, e))?;
@@ -68,10 +69,18 @@ pub fn archive(cfg: &Config, spool_root: &Path, id: &str, to_state: &str) -> Res
     Ok(())
 }
 
-fn write_synced(tmp: &Path, dst: &Path, rec: &Record) -> std::io::Result<()> {
+fn write_synced(tmp: &Path, dst: &Path, rec: &Record, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let json = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
     let r = (|| {
-        let mut f = File::create(tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(&json)?;
         f.sync_all()?;
         fs::rename(tmp, dst)

@@ -59,6 +59,7 @@ pub fn forward(cfg: &Config, spool_root: &Path, id: &str) -> Result<(), StepErro
             &dst,
             it.expect.as_ref().map(|(h, s)| (h.as_str(), *s)),
             it.mtime,
+            cfg.forward.file_mode.0,
         )
         .map_err(|e| match e {
             CopyError::Source(e) => fsx::spool_error("reading product", &entry, e),

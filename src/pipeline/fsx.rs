@@ -174,8 +174,9 @@ pub fn copy_verified(
     dst: &Path,
     expect: Option<(&str, u64)>,
     mtime: Option<i64>,
+    mode: u32,
 ) -> Result<(), CopyError> {
-    let r = copy_verified_inner(src, tmp, dst, expect, mtime);
+    let r = copy_verified_inner(src, tmp, dst, expect, mtime, mode);
     if r.is_err() {
         let _ = fs::remove_file(tmp);
     }
@@ -188,16 +189,22 @@ fn copy_verified_inner(
     dst: &Path,
     expect: Option<(&str, u64)>,
     mtime: Option<i64>,
+    mode: u32,
 ) -> Result<(), CopyError> {
-    let mut input = File::open(src).map_err(CopyError::Source)?;
+    // Nothing in the spool is ever read through a symlink (one planted there
+    // would otherwise be copied out), and only regular files are copied.
+    let mut input = open_nofollow(src).map_err(CopyError::Source)?;
     let mut out = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp)
+        .map_err(CopyError::Target)?;
+    // A file left by an earlier attempt keeps its mode: set it.
+    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(CopyError::Target)?;
     // std specialises File→File copies to copy_file_range (or sendfile/splice).
     io::copy(&mut input, &mut out).map_err(|e| {
@@ -228,6 +235,22 @@ fn copy_verified_inner(
     fs::rename(tmp, dst).map_err(CopyError::Target)
 }
 
+/// Open a spool file for reading without following a symlink; refuse anything
+/// but a regular file.
+pub fn open_nofollow(p: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", p.display()),
+        ));
+    }
+    Ok(f)
+}
+
 /// Remove a directory tree durably enough for a crash never to leave it half-removed
 /// under `state_dir`: rename it to `scratch` (in the spool's `work/`, which is swept
 /// at start-up), fsync `state_dir`, then remove it.
@@ -254,7 +277,7 @@ mod tests {
         let h = blake3::hash(b"hello").to_hex().to_string();
         let tmp = t.path().join(".tmp");
         let dst = t.path().join("dst");
-        copy_verified(&src, &tmp, &dst, Some((&h, 5)), Some(1_600_000_000)).unwrap();
+        copy_verified(&src, &tmp, &dst, Some((&h, 5)), Some(1_600_000_000), 0o600).unwrap();
         assert_eq!(fs::read(&dst).unwrap(), b"hello");
         assert!(!tmp.exists());
         let m = fs::metadata(&dst).unwrap();
@@ -262,10 +285,10 @@ mod tests {
             m.modified().unwrap(),
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)
         );
-        let r = copy_verified(&src, &tmp, &t.path().join("d2"), Some((&h, 6)), None);
+        let r = copy_verified(&src, &tmp, &t.path().join("d2"), Some((&h, 6)), None, 0o600);
         assert!(matches!(r, Err(CopyError::Mismatch(_))), "{r:?}");
         assert!(!tmp.exists() && !t.path().join("d2").exists());
-        let r = copy_verified(&t.path().join("none"), &tmp, &dst, None, None);
+        let r = copy_verified(&t.path().join("none"), &tmp, &dst, None, None, 0o600);
         assert!(matches!(r, Err(CopyError::Source(_))));
         assert_eq!(hash_file(&dst).unwrap(), (h, 5));
     }

@@ -149,7 +149,9 @@ impl Spool {
     ) -> io::Result<Spool> {
         let lock = lock(root)?;
         let mut created = false;
-        for d in [PARTIAL, READY, ARCHIVED, PROCESSED, QUARANTINE, WORK, PARKED] {
+        for d in [
+            PARTIAL, READY, ARCHIVED, PROCESSED, QUARANTINE, WORK, PARKED,
+        ] {
             match fs::create_dir(root.join(d)) {
                 Ok(()) => created = true,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -503,7 +505,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -536,7 +539,13 @@ pub fn hash_reader(mut r: impl Read) -> io::Result<(String, u64)> {
 
 /// Read an entry's record.
 pub fn read_record(entry_dir: &Path) -> io::Result<Record> {
-    let t = fs::read(entry_dir.join(RECORD))?;
+    // Never through a symlink planted in the spool.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(entry_dir.join(RECORD))?;
+    let mut t = Vec::new();
+    io::Read::read_to_end(&mut f, &mut t)?;
     serde_json::from_slice(&t).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -646,7 +655,14 @@ impl Partial {
             protocol: self.info.protocol.to_string(),
         };
         let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
-        fs::write(dir.join(RECORD), json)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(RECORD))?;
+        f.write_all(&json)?;
+        drop(f);
         Ok(Staged {
             dir: dir.to_path_buf(),
             data: self.file.try_clone()?,
