@@ -25,10 +25,11 @@
 #   KEEP=1         keep the temp directory (logs, configs) for inspection
 #
 # What is compared, and what is not equal:
-# - Cipher: `-c aes256-gcm@openssh.com` for both. Without it the client would pick
-#   chacha20-poly1305 (OpenSSH's first choice) and the servers' cipher speed would
-#   differ by implementation (russh's chacha20 is ~8x slower than its AES-GCM):
-#   one cipher both sides measures the servers, not the negotiation. Compression off.
+# - Cipher: `-c aes256-gcm@openssh.com` for both: one cipher on both sides measures
+#   the servers, not the negotiation. Senders do not force ciphers: the default
+#   client picks chacha20-poly1305 with both servers; bench/compare-openssh (see
+#   BENCHMARKS.md) measures the default negotiation, each cipher, server CPU per
+#   GiB and more workloads, and supersedes this script. Compression off.
 # - Durability: ingestd makes every file durable (fsync, rename, directory fsync)
 #   before it reports success; sshd writes into the page cache and returns. So
 #   ingestd's times include fsync, sshd's do not (SYNC_OPENSSH=1 adds a filesystem

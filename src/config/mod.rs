@@ -116,6 +116,104 @@ pub struct SshConfig {
     /// On SIGTERM: how long uploads (and the pipeline step) in flight may take to
     /// finish before the process exits anyway (unacknowledged uploads are dropped).
     pub drain_time: HumanDuration,
+    /// Algorithms offered, in OpenSSH's names and in order of preference; unset
+    /// = the built-in lists ([`SSH_CIPHERS`] etc., all supported names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ciphers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kex: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub macs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_key_algorithms: Option<Vec<String>>,
+}
+
+/// Supported SSH algorithms in OpenSSH's names, in the default order of
+/// preference (the client's order decides which one is used).
+pub const SSH_CIPHERS: &[&str] = &[
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
+pub const SSH_KEX: &[&str] = &[
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "mlkem768x25519-sha256",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group14-sha256",
+    "diffie-hellman-group14-sha1",
+];
+pub const SSH_MACS: &[&str] = &[
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+    "hmac-sha1",
+];
+pub const SSH_HOST_KEY_ALGORITHMS: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+];
+
+impl SshConfig {
+    /// The algorithm lists to offer: (ciphers, kex, macs, host key algorithms),
+    /// each the configured list or the built-in default.
+    pub fn algorithms(&self) -> [Vec<&str>; 4] {
+        fn pick<'a>(v: &'a Option<Vec<String>>, d: &'static [&'static str]) -> Vec<&'a str> {
+            match v {
+                Some(v) => v.iter().map(String::as_str).collect(),
+                None => d.to_vec(),
+            }
+        }
+        [
+            pick(&self.ciphers, SSH_CIPHERS),
+            pick(&self.kex, SSH_KEX),
+            pick(&self.macs, SSH_MACS),
+            pick(&self.host_key_algorithms, SSH_HOST_KEY_ALGORITHMS),
+        ]
+    }
+
+    fn validate_algorithms(&self) -> Result<()> {
+        for (key, v, supported) in [
+            ("ciphers", &self.ciphers, SSH_CIPHERS),
+            ("kex", &self.kex, SSH_KEX),
+            ("macs", &self.macs, SSH_MACS),
+            (
+                "host_key_algorithms",
+                &self.host_key_algorithms,
+                SSH_HOST_KEY_ALGORITHMS,
+            ),
+        ] {
+            let Some(v) = v else { continue };
+            if v.is_empty() {
+                bail!(
+                    "ssh.{key}: the list is empty; remove the key for the default, or name some of: {}",
+                    supported.join(", ")
+                );
+            }
+            for name in v {
+                if !supported.contains(&name.as_str()) {
+                    bail!(
+                        "ssh.{key}: unknown or unsupported algorithm {name:?}; supported: {}",
+                        supported.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for SshConfig {
@@ -136,6 +234,10 @@ impl Default for SshConfig {
             inactivity_timeout: HumanDuration(Duration::from_secs(600)),
             max_auth_attempts: 6,
             drain_time: HumanDuration(Duration::from_secs(120)),
+            ciphers: None,
+            kex: None,
+            macs: None,
+            host_key_algorithms: None,
         }
     }
 }
@@ -472,6 +574,7 @@ impl Config {
         if self.ssh.max_channels == 0 {
             bail!("ssh.max_channels: must be at least 1");
         }
+        self.ssh.validate_algorithms()?;
         if self.ssh.login_grace_time.0.is_zero() {
             bail!("ssh.login_grace_time: must be greater than 0");
         }

@@ -11,7 +11,7 @@ use crate::ingest::ssh::auth;
 use crate::ingest::ssh::gate::{Gate, Refused, Ticket};
 use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
-use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
+use russh::keys::ssh_key::Algorithm;
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
@@ -24,58 +24,35 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Algorithms: fast AEAD first, no chacha20 (OpenSSH clients would pick it and it
-/// is ~8x slower in russh), no compression; NIST ECDH, DH and AES-CTR + HMAC for
-/// older libraries (JSch, paramiko).
-fn preferred() -> Preferred {
+/// Algorithms: `[ssh] ciphers`, `kex`, `macs`, `host_key_algorithms` (OpenSSH
+/// names, validated by the config) or the built-in lists: chacha20-poly1305 and
+/// AES-GCM first (OpenSSH clients pick chacha20, as with sshd), no compression;
+/// NIST ECDH, DH and AES-CTR + HMAC for older libraries (JSch, paramiko).
+fn preferred(cfg: &Config) -> Preferred {
+    let [ciphers, kexes, macs, keys] = cfg.ssh.algorithms();
+    // Names were checked by `Config::validate`; one russh lacks is skipped.
+    let mut kex: Vec<kex::Name> = kexes
+        .iter()
+        .filter_map(|n| kex::Name::try_from(*n).ok())
+        .collect();
+    kex.extend([
+        kex::EXTENSION_SUPPORT_AS_SERVER,
+        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]);
     Preferred {
-        kex: Cow::Owned(vec![
-            kex::CURVE25519,
-            kex::CURVE25519_PRE_RFC_8731,
-            kex::MLKEM768X25519_SHA256,
-            kex::ECDH_SHA2_NISTP256,
-            kex::ECDH_SHA2_NISTP384,
-            kex::ECDH_SHA2_NISTP521,
-            kex::DH_GEX_SHA256,
-            kex::DH_G16_SHA512,
-            kex::DH_G14_SHA256,
-            kex::DH_G14_SHA1,
-            kex::EXTENSION_SUPPORT_AS_SERVER,
-            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
-        ]),
-        key: Cow::Owned(vec![
-            Algorithm::Ed25519,
-            Algorithm::Ecdsa {
-                curve: EcdsaCurve::NistP256,
-            },
-            Algorithm::Ecdsa {
-                curve: EcdsaCurve::NistP384,
-            },
-            Algorithm::Ecdsa {
-                curve: EcdsaCurve::NistP521,
-            },
-            Algorithm::Rsa {
-                hash: Some(HashAlg::Sha512),
-            },
-            Algorithm::Rsa {
-                hash: Some(HashAlg::Sha256),
-            },
-            Algorithm::Rsa { hash: None },
-        ]),
-        cipher: Cow::Owned(vec![
-            cipher::AES_256_GCM,
-            cipher::AES_128_GCM,
-            cipher::AES_256_CTR,
-            cipher::AES_192_CTR,
-            cipher::AES_128_CTR,
-        ]),
-        mac: Cow::Owned(vec![
-            mac::HMAC_SHA256_ETM,
-            mac::HMAC_SHA512_ETM,
-            mac::HMAC_SHA256,
-            mac::HMAC_SHA512,
-            mac::HMAC_SHA1,
-        ]),
+        kex: Cow::Owned(kex),
+        key: Cow::Owned(keys.iter().filter_map(|n| Algorithm::new(n).ok()).collect()),
+        cipher: Cow::Owned(
+            ciphers
+                .iter()
+                .filter_map(|n| cipher::Name::try_from(*n).ok())
+                .collect(),
+        ),
+        mac: Cow::Owned(
+            macs.iter()
+                .filter_map(|n| mac::Name::try_from(*n).ok())
+                .collect(),
+        ),
         compression: Cow::Owned(vec![russh::compression::NONE]),
         ..Preferred::DEFAULT
     }
@@ -100,7 +77,7 @@ pub fn russh_config(cfg: &Config, keys: Vec<russh::keys::PrivateKey>) -> russh::
         inactivity_timeout: Some(cfg.ssh.inactivity_timeout.0),
         keepalive_interval: Some(std::time::Duration::from_secs(30)),
         nodelay: true,
-        preferred: preferred(),
+        preferred: preferred(cfg),
         ..Default::default()
     }
 }
