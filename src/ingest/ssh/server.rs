@@ -208,13 +208,16 @@ pub struct Conn {
     /// Protocol tasks (SCP/SFTP channels) running on this connection.
     busy: Arc<AtomicUsize>,
     shutdown: Shutdown,
+    /// This connection in the `sessions` gauge.
+    session_metric: crate::ops::metrics::SessionMetric,
 }
 
 impl Conn {
     fn new(shared: Arc<Shared>, peer: SocketAddr, shutdown: Shutdown) -> Conn {
         let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        let over_limit = n > shared.cfg.ssh.max_sessions;
+        let over_limit = n > shared.max_sessions.load(Ordering::SeqCst);
         Conn {
+            session_metric: shared.metrics.session_opened(),
             shared,
             peer,
             user: String::new(),
@@ -226,7 +229,7 @@ impl Conn {
     }
 
     async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
-        let pats = self.shared.authorized_keys.clone();
+        let pats = self.shared.authorized_keys();
         let (user2, key2, ip) = (user.to_string(), key.clone(), self.peer.ip());
         let ok = tokio::task::spawn_blocking(move || {
             auth::is_authorized(&pats, &user2, Some(ip), &key2)
@@ -281,7 +284,7 @@ impl Conn {
     fn too_many(&self) -> String {
         format!(
             "ingestd: too many sessions on this node (limit {}); try again later",
-            self.shared.cfg.ssh.max_sessions
+            self.shared.max_sessions.load(Ordering::SeqCst)
         )
     }
 }
@@ -300,7 +303,11 @@ impl Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.check_key(user, offer.public_key).await)
+        let r = self.check_key(user, offer.public_key).await;
+        if r != Auth::Accept {
+            self.shared.metrics.auth_failure("publickey");
+        }
+        Ok(r)
     }
 
     async fn auth_publickey(
@@ -311,8 +318,10 @@ impl Handler for Conn {
         let r = self.check_key(user, key.public_key).await;
         if r == Auth::Accept {
             self.user = user.to_string();
+            self.session_metric.authenticated();
             tracing::info!(user, remote = %self.peer, key = %key.public_key.fingerprint(Default::default()), "authenticated");
         } else {
+            self.shared.metrics.auth_failure("publickey");
             tracing::info!(user, remote = %self.peer, "public key refused");
         }
         Ok(r)
