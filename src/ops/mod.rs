@@ -4,6 +4,7 @@
 //! and `check-config`'s run-time checks (`check`).
 
 pub mod admin;
+pub mod check;
 pub mod health;
 pub mod http;
 pub mod metrics;
