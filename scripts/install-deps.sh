@@ -16,6 +16,8 @@ PACKAGES=(
   "haproxy pkg"
   "ipvsadm pkg"
   "iproute2 pkg"
+  "prometheus cmd:promtool"
+  "systemd cmd:systemd-analyze"
 )
 
 is_installed() {

@@ -185,14 +185,14 @@ async fn status_loop(n: Arc<Notifier>, h: Arc<Health>) {
     }
     let wd = ops::notify::watchdog_interval();
     let every = wd.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY));
-    let mut last_status = std::time::Instant::now() - STATUS_EVERY;
+    let mut last_status: Option<std::time::Instant> = None;
     loop {
         let mut msg = String::new();
         if wd.is_some() {
             msg.push_str("WATCHDOG=1\n");
         }
-        if last_status.elapsed() >= STATUS_EVERY {
-            last_status = std::time::Instant::now();
+        if last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+            last_status = Some(std::time::Instant::now());
             msg.push_str(&format!("STATUS={}", status_line(&h)));
         }
         if !msg.is_empty() {

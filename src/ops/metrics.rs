@@ -90,7 +90,6 @@ fn step_hist() -> Histogram {
 }
 
 /// How an upload ended.
-#[allow(dead_code)] // Refused/Failed: for the drivers' refusal paths (not wired yet)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadOutcome {
     /// Landed durably and acknowledged.
@@ -340,6 +339,17 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// An upload was refused (limits, names, space, stopping): nothing landed.
+    pub fn upload_refused(&self, protocol: &str) {
+        self.upload(protocol, UploadOutcome::Refused, 0, Duration::ZERO);
+    }
+
+    /// An upload broke off after `bytes` (connection lost, session ended with the
+    /// file unfinished): nothing was acknowledged.
+    pub fn upload_failed(&self, protocol: &str, bytes: u64) {
+        self.upload(protocol, UploadOutcome::Failed, bytes, Duration::ZERO);
     }
 
     /// An authentication attempt was refused. `reason`: a short fixed word such as

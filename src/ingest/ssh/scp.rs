@@ -166,12 +166,14 @@ impl Sink {
 
     async fn fatal(&self, msg: &str) -> End {
         tracing::info!(user = %self.user, remote = %self.peer, reason = msg, "scp upload refused");
+        self.shared.metrics.upload_refused("scp");
         self.send(format!("\x02scp: {msg}\n").as_bytes()).await;
         End::Fatal
     }
 
     async fn warn(&mut self, msg: &str) {
         tracing::info!(user = %self.user, remote = %self.peer, reason = msg, "scp file refused");
+        self.shared.metrics.upload_refused("scp");
         self.failed = true;
         self.send(format!("\x01scp: {msg}\n").as_bytes()).await;
     }
@@ -300,6 +302,7 @@ impl Sink {
         while left > 0 {
             let Some(chunk) = input.chunk(left).await else {
                 tracing::info!(user = %self.user, remote = %self.peer, path, received = size - left, size, "scp transfer aborted");
+                self.shared.metrics.upload_failed("scp", size - left);
                 return Some(End::Lost);
             };
             left -= chunk.len() as u64;

@@ -132,6 +132,7 @@ pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer:
     let open = s.handles.len() + s.parked.len();
     if open > 0 {
         tracing::info!(user = %s.user, remote = %s.peer, unfinished = open, "sftp session ended with unfinished uploads; discarded");
+        (0..open).for_each(|_| s.shared.metrics.upload_failed("sftp", 0));
     }
     drop(s); // unfinished uploads are removed from partial/
     let _ = out.exit_status(0).await;
