@@ -204,7 +204,12 @@ fn metrics_are_valid_prometheus_text_and_count_uploads_steps_and_sessions() {
         .success());
     // Wait for the pipeline to forward both (so the step counters moved).
     let r = poll(Duration::from_secs(20), || {
-        (forwarded(&node).len() == 2).then_some(())
+        // Final names only (forwarded() also lists `.ingestd-*.tmp` in flight).
+        let done = forwarded(&node)
+            .iter()
+            .filter(|(n, _)| !n.starts_with('.'))
+            .count();
+        (done == 2).then_some(())
     });
     assert!(r.is_some(), "not forwarded; log:\n{}", node.log());
     // And for a census after that.
