@@ -188,7 +188,17 @@ fn each_failing_check_is_a_line_of_the_503() {
 
 #[test]
 fn metrics_are_valid_prometheus_text_and_count_uploads_steps_and_sessions() {
-    let node = Node::start();
+    let node = Node::start_opts(NodeOpts {
+        max_file_size: Some("13000".into()),
+        ..Default::default()
+    });
+    // A refused upload (over spool.max_file_size).
+    let big = node.src.join("big.bin");
+    random_file(&big, 20_000);
+    assert!(!node
+        .scp_o(&[path_str(&big), &node.target("alice", "")])
+        .status
+        .success());
     let f = node.src.join("m.bin");
     random_file(&f, 12_345);
     scp_o_ok(&node, &[path_str(&f), &node.target("alice", "")]);
@@ -240,6 +250,10 @@ fn metrics_are_valid_prometheus_text_and_count_uploads_steps_and_sessions() {
     );
     assert_eq!(
         m("ingestd_uploads_total{protocol=\"sftp\",outcome=\"landed\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("ingestd_uploads_total{protocol=\"scp\",outcome=\"refused\"}"),
         1.0
     );
     assert_eq!(
