@@ -33,6 +33,10 @@ enum Cmd {
     CheckConfig {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Check permissions as this user (the daemon's, e.g. `ingestd`); needs root.
+        /// Default: the user running the command.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Counts per pipeline stage and quarantine, with the oldest age.
     Status {
@@ -75,7 +79,10 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run { config, log_json } => crate::app::run(config, log_json),
-        Cmd::CheckConfig { config } => Config::load(config.as_deref()).and_then(|c| {
+        Cmd::CheckConfig { config, user } => Config::load(config.as_deref()).and_then(|c| {
+            if let Some(u) = &user {
+                crate::ops::check::become_user(u)?;
+            }
             let r =
                 crate::ops::check::check(&c, crate::ops::check::node_id_given(config.as_deref()));
             for w in &r.warnings {

@@ -258,3 +258,31 @@ fn an_existing_maintenance_file_is_a_warning() {
     let err = assert_ok(&check(&p));
     assert!(err.contains("warning: health.maintenance_file: "), "{err}");
 }
+
+/// As root, `--user` checks with the daemon user's permissions: a directory only
+/// root may enter is not usable by `nobody`.
+#[test]
+fn user_option_checks_as_the_daemon_user() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+    let p = config(d, true, |s| s);
+    assert_ok(&check(&p));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // only root can switch users; CI runs as root
+    }
+    let o = Command::new(BIN)
+        .args(["check-config", "--user", "nobody", "--config"])
+        .arg(&p)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_fails(&o, &["spool.dir: ", "is not usable by user nobody"]);
+    let o = Command::new(BIN)
+        .args(["check-config", "--user", "no-such-user-ingestd", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_fails(&o, &["--user no-such-user-ingestd: no such user"]);
+}

@@ -5,7 +5,8 @@
 //! `node_id` left to the host name).
 //!
 //! Permissions are checked as the user running the command: run it as the
-//! daemon's user (the systemd unit's `ExecStartPre=` does).
+//! daemon's user (the systemd unit's `ExecStartPre=` does), or as root with
+//! `--user ingestd`.
 
 use crate::config::Config;
 use std::io;
@@ -59,6 +60,27 @@ pub fn check(cfg: &Config, node_id_given: bool) -> Report {
         ));
     }
     r
+}
+
+/// Run the rest of this (one-shot) process as `name`, so the checks see what the
+/// daemon running as that user will see. Needs root unless it is the current user.
+pub fn become_user(name: &str) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Uid, User};
+    let u = User::from_name(name)
+        .map_err(|e| anyhow::anyhow!("--user {name}: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("--user {name}: no such user"))?;
+    if u.uid == Uid::effective() {
+        return Ok(());
+    }
+    if !Uid::effective().is_root() {
+        anyhow::bail!("--user {name}: checking as another user needs root");
+    }
+    let cname = std::ffi::CString::new(name)?;
+    let groups = nix::unistd::getgrouplist(&cname, u.gid).unwrap_or_else(|_| vec![u.gid]);
+    setgroups(&groups).map_err(|e| anyhow::anyhow!("--user {name}: setgroups: {e}"))?;
+    setgid(u.gid).map_err(|e| anyhow::anyhow!("--user {name}: setgid: {e}"))?;
+    setuid(u.uid).map_err(|e| anyhow::anyhow!("--user {name}: setuid: {e}"))?;
+    Ok(())
 }
 
 /// Does the config file set `node_id` (rather than leave it to the host name)?
