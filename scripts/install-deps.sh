@@ -34,6 +34,9 @@ PACKAGES=(
   "binutils cmd:strip"
   # SFTP append tests mount the node with sshfs
   "sshfs pkg"
+  # ops tests: promtool checks /metrics and the alert rules; systemd-analyze verify
+  "prometheus cmd:promtool"
+  "systemd cmd:systemd-analyze"
 )
 
 is_installed() {

@@ -28,10 +28,15 @@ enum Cmd {
         #[arg(long)]
         log_json: bool,
     },
-    /// Validate a configuration file and exit (non-zero with the key and the problem).
+    /// Validate a configuration file and what it names (commands, keys, directories,
+    /// addresses) as the user running it; exit non-zero naming each key and problem.
     CheckConfig {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Check permissions as this user (the daemon's, e.g. `ingestd`); needs root.
+        /// Default: the user running the command.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Counts per pipeline stage and quarantine, with the oldest age.
     Status {
@@ -74,8 +79,26 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run { config, log_json } => crate::app::run(config, log_json),
-        Cmd::CheckConfig { config } => Config::load(config.as_deref()).map(|c| {
+        Cmd::CheckConfig { config, user } => Config::load(config.as_deref()).and_then(|c| {
+            if let Some(u) = &user {
+                crate::ops::check::become_user(u)?;
+            }
+            let r =
+                crate::ops::check::check(&c, crate::ops::check::node_id_given(config.as_deref()));
+            for w in &r.warnings {
+                eprintln!("ingestd: warning: {w}");
+            }
+            for e in &r.errors {
+                eprintln!("ingestd: {e}");
+            }
+            if !r.errors.is_empty() {
+                anyhow::bail!(
+                    "configuration has {} problem(s) that would fail at run time",
+                    r.errors.len()
+                );
+            }
             println!("configuration OK (node_id = {:?})", c.node_id);
+            Ok(())
         }),
         Cmd::Status { config } => Config::load(config.as_deref()).and_then(|c| admin::status(&c)),
         Cmd::Quarantine {

@@ -123,6 +123,9 @@ fn shipped_config_optional_sections_validate_when_uncommented() {
     );
     assert!(out.contains("\ncommand = "), "{out}");
     assert!(out.contains("\nsettle = "), "{out}");
+    // check-config also checks that the process command exists and is executable:
+    // stand in an existing one for the example's.
+    let out = out.replace("/usr/local/bin/convert-upload", "/bin/true");
     let (_dir, o) = check_text(&out);
     assert!(o.status.success(), "config:\n{out}\n{}", show(&o));
 }

@@ -2,6 +2,9 @@
 //! defaults, the embedded default configuration, relative-path resolution and
 //! semantic validation (`ingestd check-config`).
 
+mod reload;
+pub use reload::{changed_keys, take_reloadable, RELOADABLE};
+
 use crate::core::units::{ByteSize, FileMode, HumanDuration, Rate};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,8 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub defender: DefenderConfig,
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// Bans for source addresses that keep failing to authenticate.
@@ -414,14 +419,36 @@ fn default_inbox_user() -> String {
 pub struct HealthConfig {
     /// HTTP health/metrics endpoint; empty string disables it.
     pub listen: String,
+    /// While this file exists `/healthz` answers 503 (drain the node); "" disables.
+    pub maintenance_file: PathBuf,
+    /// `/healthz` answers 503 when archive attempts have failed (with no success
+    /// in between) for longer than this; "0s" disables the check.
+    pub archive_failing_for: HumanDuration,
+    /// `/healthz` answers 503 when more entries than this wait in the pipeline
+    /// (ready + archived + processed); 0 disables the check.
+    pub max_backlog: u64,
+    /// How often the spool is counted (free space, backlog, the spool gauges).
+    pub census_interval: HumanDuration,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             listen: "127.0.0.1:9122".into(),
+            maintenance_file: "/etc/ingestd/maintenance".into(),
+            archive_failing_for: HumanDuration(Duration::from_secs(600)),
+            max_backlog: 100_000,
+            census_interval: HumanDuration(Duration::from_secs(2)),
         }
     }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. "info,russh=warn" or "debug").
+    /// "" (the default): `RUST_LOG`, else "info,russh=warn". Reloaded on SIGHUP.
+    pub level: String,
 }
 
 fn default_node_id() -> String {
@@ -453,6 +480,7 @@ dir = "ingestd-data/outgoing"
 
 [health]
 listen = "127.0.0.1:9122"
+maintenance_file = "ingestd-data/maintenance"
 "#;
 
 impl Config {
@@ -522,6 +550,9 @@ impl Config {
         fix(&mut self.spool.dir);
         fix(&mut self.archive.dir);
         fix(&mut self.forward.dir);
+        if !self.health.maintenance_file.as_os_str().is_empty() {
+            fix(&mut self.health.maintenance_file);
+        }
         if let Some(i) = self.inbox.as_mut() {
             fix(&mut i.dir);
         }
@@ -639,6 +670,13 @@ impl Config {
                 "health.listen: {:?} is not an address like \"127.0.0.1:9122\"",
                 self.health.listen
             );
+        }
+        if self.health.census_interval.0 < Duration::from_millis(100) {
+            bail!("health.census_interval: must be at least 100ms");
+        }
+        if !self.log.level.is_empty() {
+            tracing_subscriber::EnvFilter::try_new(&self.log.level)
+                .map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", self.log.level))?;
         }
         let spool = &self.spool.dir;
         for (key, d) in [

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::spool::Spool;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// State shared by every connection of the node.
 pub struct Shared {
@@ -17,13 +17,17 @@ pub struct Shared {
     /// Each sender's view of what they uploaded recently.
     pub vfs: crate::ingest::vfs::Vfs,
     pub metrics: Arc<Metrics>,
-    pub(crate) authorized_keys: Vec<String>,
+    /// `ssh.authorized_keys`, replaced by a reload (SIGHUP).
+    pub(crate) authorized_keys: RwLock<Vec<String>>,
+    /// `ssh.max_sessions`, replaced by a reload (SIGHUP).
+    pub max_sessions: AtomicUsize,
 }
 
 impl Shared {
     pub fn new(cfg: Arc<Config>, spool: Arc<Spool>) -> Arc<Shared> {
         Arc::new(Shared {
-            authorized_keys: cfg.ssh.authorized_keys.to_vec(),
+            authorized_keys: RwLock::new(cfg.ssh.authorized_keys.to_vec()),
+            max_sessions: AtomicUsize::new(cfg.ssh.max_sessions),
             vfs: crate::ingest::vfs::Vfs::new(cfg.sftp.visible_for.0),
             metrics: Arc::default(),
             cfg,
@@ -34,14 +38,29 @@ impl Shared {
 }
 
 impl Shared {
+    /// Take the settings a reload may change (SIGHUP) from `cfg`; connections
+    /// already open keep going.
+    pub fn reload(&self, cfg: &Config) {
+        *self.authorized_keys.write().unwrap() = cfg.ssh.authorized_keys.to_vec();
+        self.max_sessions
+            .store(cfg.ssh.max_sessions, Ordering::SeqCst);
+    }
+
+    /// Every authorized_keys pattern in force.
+    pub fn authorized_keys(&self) -> Vec<String> {
+        self.authorized_keys.read().unwrap().clone()
+    }
+
     /// Everything that follows a successful landing: the log line, the metrics,
     /// the sender's view.
     pub fn landed(&self, r: &crate::core::record::Record, started: std::time::Instant) {
         log_landed(r, started);
-        self.metrics.landed_files.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .landed_bytes
-            .fetch_add(r.size, Ordering::Relaxed);
+        self.metrics.upload(
+            &r.protocol,
+            crate::ops::metrics::UploadOutcome::Landed,
+            r.size,
+            started.elapsed(),
+        );
         self.vfs.landed(r);
     }
 }

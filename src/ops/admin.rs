@@ -53,7 +53,7 @@ fn entry_names(dir: &Path) -> Result<impl Iterator<Item = String>> {
 }
 
 /// Count and oldest landing time of one state directory (streaming: bounded memory).
-fn census(dir: &Path) -> Result<(u64, Option<u64>)> {
+pub(crate) fn census(dir: &Path) -> Result<(u64, Option<u64>)> {
     let mut n = 0;
     let mut oldest: Option<u64> = None;
     for id in entry_names(dir)? {

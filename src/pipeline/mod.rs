@@ -83,7 +83,30 @@ struct Stage {
     pause_until_ms: AtomicU64,
 }
 
+/// How one step attempt ended, as reported to an [`Observer`].
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome<'a> {
+    Ok,
+    /// A counted failure, to be retried; the reason.
+    Failed(&'a str),
+    /// The last counted failure: the entry went to quarantine.
+    Quarantined(&'a str),
+    /// The target was unavailable (not counted against the entry).
+    Outage(&'a str),
+}
+
+/// Told about every step attempt (metrics and health; `app` passes the ops side).
+pub trait Observer: Send + Sync + 'static {
+    fn step(&self, step: &'static str, outcome: Outcome<'_>, took: Duration);
+}
+
+struct NoObserver;
+impl Observer for NoObserver {
+    fn step(&self, _: &'static str, _: Outcome<'_>, _: Duration) {}
+}
+
 struct Shared {
+    obs: Arc<dyn Observer>,
     cfg: Arc<Config>,
     spool: Arc<Spool>,
     shutdown: Shutdown,
@@ -95,6 +118,16 @@ struct Shared {
 /// the steps in flight finish (process commands are killed: they rerun after the
 /// restart, uncounted) and return.
 pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: Shutdown) {
+    run_observed(cfg, spool, shutdown, Arc::new(NoObserver)).await
+}
+
+/// [`run`], telling `obs` about every step attempt.
+pub async fn run_observed(
+    cfg: Arc<Config>,
+    spool: Arc<Spool>,
+    shutdown: Shutdown,
+    obs: Arc<dyn Observer>,
+) {
     // The target roots are created once, here; later a missing root is an outage.
     {
         let dirs = [cfg.archive.dir.clone(), cfg.forward.dir.clone()];
@@ -152,6 +185,7 @@ pub async fn run(cfg: Arc<Config>, spool: Arc<Spool>, shutdown: Shutdown) {
         ),
     ];
     let sh = Arc::new(Shared {
+        obs,
         cfg,
         spool,
         shutdown: shutdown.clone(),
@@ -288,6 +322,7 @@ fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle)
 
 async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemaphorePermit) {
     let root = sh.spool.root().to_path_buf();
+    let t0 = std::time::Instant::now();
     let res = match st.kind {
         Kind::Archive => {
             let (cfg, root, id) = (sh.cfg.clone(), root.clone(), id.clone());
@@ -311,8 +346,10 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
         }
     };
     let step = st.kind.step();
+    let took = t0.elapsed();
     match res {
         Ok(()) => {
+            sh.obs.step(step, Outcome::Ok, took);
             if st.kind == Kind::Forward {
                 tracing::info!(id, "forwarded; entry done");
             } else {
@@ -327,6 +364,7 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
         }
         Err(StepError::Gone) | Err(StepError::Interrupted) => {}
         Err(StepError::Outage(msg)) => {
+            sh.obs.step(step, Outcome::Outage(&msg), took);
             let now = state::now_ms();
             if st.pause_until_ms.load(Ordering::SeqCst) <= now {
                 let n = st.outages.fetch_add(1, Ordering::SeqCst) + 1;
@@ -359,6 +397,13 @@ async fn run_one(sh: Arc<Shared>, st: Arc<Stage>, id: String, permit: OwnedSemap
                 state::record_failure(&root2, dir, &id2, attempt, &retry)
             })
             .await;
+            let quarantined = matches!(r, Ok(Ok(state::AfterFailure::Quarantined { .. })));
+            let o = if quarantined {
+                Outcome::Quarantined(&f.reason)
+            } else {
+                Outcome::Failed(&f.reason)
+            };
+            sh.obs.step(step, o, took);
             match r {
                 Ok(Ok(state::AfterFailure::Retry {
                     attempts,

@@ -130,8 +130,9 @@ impl Gate {
         })
     }
 
-    /// A failed authentication from `ip`: counted; true if the address is now banned.
-    pub fn auth_failed(&self, ip: IpAddr) -> bool {
+    /// A failed authentication from `ip`: counted. `Some(true)` if this failure
+    /// banned the address, `Some(false)` if it was banned already, `None` if not banned.
+    pub fn auth_failed(&self, ip: IpAddr) -> Option<bool> {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         match self.defender.lock().unwrap().failure(ip, now) {
@@ -145,10 +146,10 @@ impl Gate {
                     ban_time = %humantime::format_duration(self.cfg.defender.ban_time.0),
                     "address banned"
                 );
-                true
+                Some(true)
             }
-            Outcome::AlreadyBanned { .. } => true,
-            _ => false,
+            Outcome::AlreadyBanned { .. } => Some(false),
+            _ => None,
         }
     }
 }
@@ -172,7 +173,7 @@ impl Ticket {
     /// The connection authenticated: it now counts towards `max_sessions` and
     /// `max_sessions_per_ip`. `Some(message)` if that is over a limit (its
     /// requests are then refused with the message).
-    pub fn login(&mut self) -> Option<String> {
+    pub fn login(&mut self, max_sessions: usize) -> Option<String> {
         if self.authed {
             return None;
         }
@@ -189,10 +190,9 @@ impl Ticket {
             *c
         };
         let ssh = &g.cfg.ssh;
-        if total > ssh.max_sessions {
+        if total > max_sessions {
             Some(format!(
-                "ingestd: too many sessions on this node (limit {}); try again later",
-                ssh.max_sessions
+                "ingestd: too many sessions on this node (limit {max_sessions}); try again later"
             ))
         } else if from_ip > ssh.max_sessions_per_ip {
             Some(format!(

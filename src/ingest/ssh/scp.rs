@@ -175,6 +175,13 @@ impl Driver {
     /// Untrusted strings (names, messages from the client) are Debug-formatted.
     fn log(&self, ev: LogEvent) {
         let (user, remote) = (&self.user, &self.peer);
+        let m = &self.shared.metrics;
+        match &ev {
+            LogEvent::Fatal { .. } | LogEvent::FileRefused { .. } => m.upload_refused("scp"),
+            LogEvent::Aborted { received, .. } => m.upload_failed("scp", *received),
+            LogEvent::Dropped { .. } => m.upload_failed("scp", 0),
+            _ => {}
+        }
         match ev {
             LogEvent::Fatal { reason } => {
                 tracing::info!(user = ?user, remote = %remote, reason = ?reason, "scp upload refused")

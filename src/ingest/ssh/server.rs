@@ -234,6 +234,23 @@ impl tokio::io::AsyncWrite for Killable {
     }
 }
 
+/// A short fixed label for a refusal reason (a metrics label: never client text).
+fn auth_reason_class(reason: &str) -> &'static str {
+    if reason.contains("SHA-1") {
+        "sha1_rsa"
+    } else if reason.contains("from=") {
+        "from_mismatch"
+    } else if reason.contains("no authorized_keys file") {
+        "no_keys_file"
+    } else if reason.contains("cannot read") {
+        "keys_unreadable"
+    } else if reason.contains("not support") {
+        "unsupported_option"
+    } else {
+        "unknown_key"
+    }
+}
+
 /// What ends an unauthenticated or misbehaving connection.
 struct Ends {
     /// Unauthenticated by then: closed.
@@ -366,6 +383,8 @@ pub struct Conn {
     gate: Arc<Gate>,
     watch: Watch,
     shutdown: Shutdown,
+    /// This connection in the `sessions` gauge.
+    session_metric: crate::ops::metrics::SessionMetric,
 }
 
 impl Conn {
@@ -377,6 +396,7 @@ impl Conn {
         gate: Arc<Gate>,
     ) -> Conn {
         Conn {
+            session_metric: shared.metrics.session_opened(),
             shared,
             peer,
             user: String::new(),
@@ -409,14 +429,20 @@ impl Conn {
             reason = ?reason,
             "authentication failed"
         );
-        if self.gate.auth_failed(self.peer.ip()) {
-            return Err(russh::Error::Disconnect); // banned: close now
+        self.shared.metrics.auth_failure(auth_reason_class(reason));
+        match self.gate.auth_failed(self.peer.ip()) {
+            Some(new_ban) => {
+                if new_ban {
+                    self.shared.metrics.ban();
+                }
+                Err(russh::Error::Disconnect) // banned: close now
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Result<(), String> {
-        let pats = self.shared.authorized_keys.clone();
+        let pats = self.shared.authorized_keys();
         let (user2, key2, ip) = (user.to_string(), key.clone(), self.peer.ip());
         tokio::task::spawn_blocking(move || auth::check(&pats, &user2, Some(ip), &key2))
             .await
@@ -505,7 +531,10 @@ impl Handler for Conn {
         match r {
             Ok(()) => {
                 self.user = user.to_string();
-                self.over_limit = self.ticket.login();
+                self.over_limit = self
+                    .ticket
+                    .login(self.shared.max_sessions.load(Ordering::SeqCst));
+                self.session_metric.authenticated();
                 self.watch.authenticated.store(true, Ordering::SeqCst);
                 tracing::info!(target: "ingestd::auth", user = ?user, remote = %self.peer, key_type = %key.public_key.algorithm().as_str(), fingerprint = %key.public_key.fingerprint(Default::default()), "authenticated");
                 Ok(Auth::Accept)

@@ -147,7 +147,10 @@ pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer:
                 failed += 1;
                 tracing::warn!(user = ?user, remote = %peer, reason = ?r, "cannot land a parked upload at session end; it lands at the next start");
             }
-            (Some(false), _) => discarded += 1,
+            (Some(false), _) => {
+                discarded += 1;
+                shared.metrics.upload_failed("sftp", 0);
+            }
             _ => {}
         }
     }
