@@ -177,75 +177,80 @@ impl Metrics {
             health_failing: Family::default(),
             registry: Registry::default(),
         };
-        r.register(
+        // One line per family: name, help, [unit,] metric.
+        macro_rules! reg {
+            ($name:expr, $help:expr, $unit:expr, $m:expr) => {
+                r.register_with_unit($name, $help, $unit, $m)
+            };
+            ($name:expr, $help:expr, $m:expr) => {
+                r.register($name, $help, $m)
+            };
+        }
+        reg!(
             "uploads",
             "Uploads by protocol and outcome (landed = durable and acknowledged)",
-            m.uploads.clone(),
+            m.uploads.clone()
         );
-        r.register_with_unit(
+        reg!(
             "upload",
             "Bytes received by protocol and outcome",
             Unit::Bytes,
-            m.upload_bytes.clone(),
+            m.upload_bytes.clone()
         );
-        r.register_with_unit(
+        reg!(
             "upload_duration",
             "Time from the first byte of an upload to its acknowledgement",
             Unit::Seconds,
-            m.upload_duration.clone(),
+            m.upload_duration.clone()
         );
-        r.register(
+        reg!(
             "auth_failures",
             "Refused authentication attempts by reason",
-            m.auth_failures.clone(),
+            m.auth_failures.clone()
         );
-        r.register(
+        reg!(
             "bans",
             "Addresses banned after repeated failures",
-            m.bans.clone(),
+            m.bans.clone()
         );
-        r.register(
+        reg!(
             "sessions",
             "Open SSH connections by state",
-            m.sessions.clone(),
+            m.sessions.clone()
         );
-        r.register(
+        reg!(
             "step_attempts",
             "Pipeline step attempts",
-            m.step_attempts.clone(),
+            m.step_attempts.clone()
         );
-        r.register(
-            "step_failures",
-            "Pipeline step attempts that did not succeed, by kind (failed: counted and retried; quarantined: the last one; outage: target unavailable, not counted)",
-            m.step_failures.clone(),
-        );
-        r.register_with_unit(
+        reg!("step_failures", "Pipeline step attempts that did not succeed, by kind (failed: counted and retried; quarantined: the last one; outage: target unavailable, not counted)", m.step_failures.clone());
+        reg!(
             "step_duration",
             "Duration of pipeline step attempts",
             Unit::Seconds,
-            m.step_duration.clone(),
+            m.step_duration.clone()
         );
-        r.register(
+        reg!(
             "spool_files",
             "Entries in each spool stage (quarantine included)",
-            m.spool_files.clone(),
+            m.spool_files.clone()
         );
-        r.register_with_unit(
+        reg!(
             "spool_oldest_age",
             "Age of the oldest entry in each spool stage (0 when empty)",
             Unit::Seconds,
-            m.spool_oldest.clone(),
+            m.spool_oldest.clone()
         );
-        r.register_with_unit(
+        reg!(
             "spool_free",
             "Free bytes on the spool file system",
             Unit::Bytes,
-            m.spool_free.clone(),
+            m.spool_free.clone()
         );
-        r.register(
+        reg!(
             "health_failing",
             "1 while this health check makes /healthz answer 503",
-            m.health_failing.clone(),
+            m.health_failing.clone()
         );
         let build: Family<Version, Gauge> = Family::default();
         build

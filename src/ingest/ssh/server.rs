@@ -441,6 +441,22 @@ impl Conn {
         }
     }
 
+    /// May `user` log in with `key`, signed with `algorithm`? `Err(reason)` if not.
+    async fn verdict(
+        &self,
+        user: &str,
+        key: &russh::keys::PublicKey,
+        algorithm: &Algorithm,
+    ) -> Result<(), String> {
+        if *algorithm == (Algorithm::Rsa { hash: None }) && !self.shared.cfg.ssh.allow_sha1_rsa {
+            return Err(
+                "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512 (ssh.allow_sha1_rsa)"
+                    .into(),
+            );
+        }
+        self.check_key(user, key).await
+    }
+
     async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Result<(), String> {
         let pats = self.shared.authorized_keys();
         let (user2, key2, ip) = (user.to_string(), key.clone(), self.peer.ip());
@@ -496,16 +512,7 @@ impl Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        let sha1 = *offer.algorithm == Algorithm::Rsa { hash: None };
-        let r = if sha1 && !self.shared.cfg.ssh.allow_sha1_rsa {
-            Err(
-                "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512 (ssh.allow_sha1_rsa)"
-                    .into(),
-            )
-        } else {
-            self.check_key(user, offer.public_key).await
-        };
-        match r {
+        match self.verdict(user, offer.public_key, offer.algorithm).await {
             Ok(()) => Ok(Auth::Accept),
             Err(reason) => {
                 self.auth_failure(user, offer.public_key, &reason)?;
@@ -519,16 +526,7 @@ impl Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let sha1 = *key.algorithm == Algorithm::Rsa { hash: None };
-        let r = if sha1 && !self.shared.cfg.ssh.allow_sha1_rsa {
-            Err(
-                "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512 (ssh.allow_sha1_rsa)"
-                    .into(),
-            )
-        } else {
-            self.check_key(user, key.public_key).await
-        };
-        match r {
+        match self.verdict(user, key.public_key, key.algorithm).await {
             Ok(()) => {
                 self.user = user.to_string();
                 self.over_limit = self
