@@ -264,7 +264,7 @@ fn metrics_are_valid_prometheus_text_and_count_uploads_steps_and_sessions() {
         m("ingestd_upload_duration_seconds_count{protocol=\"scp\"}"),
         1.0
     );
-    assert!(m("ingestd_auth_failures_total{reason=\"publickey\"}") >= 1.0);
+    assert!(m("ingestd_auth_failures_total{reason=\"unknown_key\"}") >= 1.0);
     assert_eq!(m("ingestd_sessions{state=\"authenticated\"}"), 0.0);
     assert_eq!(m("ingestd_sessions{state=\"unauthenticated\"}"), 0.0);
     for step in ["archive", "forward"] {

@@ -199,7 +199,7 @@ fn sighup_reloads_keys_limits_and_log_level_without_dropping_a_session() {
     })
     .unwrap_or_else(|| panic!("no reload line; log:\n{}", node.log()));
     assert!(
-        line.contains("changed=log.level, ssh.authorized_keys, ssh.max_sessions"),
+        line.contains(r#"changed="log.level, ssh.authorized_keys, ssh.max_sessions""#),
         "{line}"
     );
     assert!(line.contains("needs_restart=ssh.window_size"), "{line}");
@@ -225,7 +225,7 @@ fn sighup_reloads_keys_limits_and_log_level_without_dropping_a_session() {
     let landed_line = node
         .log()
         .lines()
-        .find(|l| l.contains(" landed ") && l.contains("path=across-reload.bin"))
+        .find(|l| l.contains(" landed ") && l.contains("path=\"across-reload.bin\""))
         .map(str::to_string)
         .unwrap_or_else(|| panic!("across-reload.bin not landed; log:\n{}", node.log()));
     assert!(
