@@ -132,128 +132,120 @@ mod tests {
         ExecRequest::Refused(MSG_NOT_ALLOWED.into())
     }
 
+    /// Every sink form OpenSSH, libssh2 and curl send (quoted targets, glued
+    /// flags, metacharacters taken literally: no shell ever runs).
     #[test]
-    fn openssh_forms() {
-        assert_eq!(
-            parse_exec(b"scp -t ."),
-            sink(false, false, false, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t /tmp/x"),
-            sink(false, false, false, false, "/tmp/x")
-        );
-        assert_eq!(
-            parse_exec(b"scp -v -r -p -d -t -- some/dir/"),
-            sink(true, true, true, true, "some/dir/")
-        );
-        assert_eq!(
-            parse_exec(b"scp -r -t -- d"),
-            sink(true, false, false, false, "d")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t -- -weird"),
-            sink(false, false, false, false, "-weird")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t -- --"),
-            sink(false, false, false, false, "--")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t -"),
-            sink(false, false, false, false, "-")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t "),
-            sink(false, false, false, false, ".")
-        );
-        assert_eq!(parse_exec(b"scp -t"), sink(false, false, false, false, "."));
-        assert_eq!(
-            parse_exec(b"scp -t --"),
-            sink(false, false, false, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t ''"),
-            sink(false, false, false, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"  scp   -t   x  "),
-            sink(false, false, false, false, "x")
-        );
-        assert_eq!(
-            parse_exec(b"scp\t-t\tx"),
-            sink(false, false, false, false, "x")
-        );
-    }
-
-    #[test]
-    fn combined_flags() {
-        assert_eq!(
-            parse_exec(b"scp -pt ."),
-            sink(false, true, false, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"scp -rpt ."),
-            sink(true, true, false, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"scp -prt ."),
-            sink(true, true, false, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"scp -dt ."),
-            sink(false, false, true, false, ".")
-        );
-        assert_eq!(
-            parse_exec(b"scp -vrpdt d"),
-            sink(true, true, true, true, "d")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t -p x"),
-            sink(false, true, false, false, "x")
-        );
-        assert_eq!(
-            parse_exec(b"scp -tt x"),
-            sink(false, false, false, false, "x")
-        );
-    }
-
-    #[test]
-    fn libssh2_and_curl_forms() {
-        assert_eq!(
-            parse_exec(b"scp -t '/path with space'"),
-            sink(false, false, false, false, "/path with space")
-        );
-        assert_eq!(
-            parse_exec(b"scp -pt '/up/file.bin'"),
-            sink(false, true, false, false, "/up/file.bin")
-        );
-        assert_eq!(
-            parse_exec(br"scp -t 'it'\''s'"),
-            sink(false, false, false, false, "it's")
-        );
-        assert_eq!(
-            parse_exec(br#"scp -t "dq dir""#),
-            sink(false, false, false, false, "dq dir")
-        );
-        assert_eq!(
-            parse_exec(br"scp -t a\ b"),
-            sink(false, false, false, false, "a b")
-        );
-        // Metacharacters inside quotes are just characters (no shell runs).
-        assert_eq!(
-            parse_exec(b"scp -t '; id'"),
-            sink(false, false, false, false, "; id")
-        );
-        // Unquoted but glued to the target: still one word, taken literally
-        // as a (strange) directory name; nothing is ever executed.
-        assert_eq!(
-            parse_exec(b"scp -t .;id"),
-            sink(false, false, false, false, ".;id")
-        );
-        assert_eq!(
-            parse_exec(b"scp -t '$(id)'"),
-            sink(false, false, false, false, "$(id)")
-        );
+    fn sink_forms() {
+        for (cmd, want) in [
+            (
+                b"scp -t .".as_slice(),
+                sink(false, false, false, false, "."),
+            ),
+            (
+                b"scp -t /tmp/x".as_slice(),
+                sink(false, false, false, false, "/tmp/x"),
+            ),
+            (
+                b"scp -v -r -p -d -t -- some/dir/".as_slice(),
+                sink(true, true, true, true, "some/dir/"),
+            ),
+            (
+                b"scp -r -t -- d".as_slice(),
+                sink(true, false, false, false, "d"),
+            ),
+            (
+                b"scp -t -- -weird".as_slice(),
+                sink(false, false, false, false, "-weird"),
+            ),
+            (
+                b"scp -t -- --".as_slice(),
+                sink(false, false, false, false, "--"),
+            ),
+            (
+                b"scp -t -".as_slice(),
+                sink(false, false, false, false, "-"),
+            ),
+            (b"scp -t ".as_slice(), sink(false, false, false, false, ".")),
+            (b"scp -t".as_slice(), sink(false, false, false, false, ".")),
+            (
+                b"scp -t --".as_slice(),
+                sink(false, false, false, false, "."),
+            ),
+            (
+                b"scp -t ''".as_slice(),
+                sink(false, false, false, false, "."),
+            ),
+            (
+                b"  scp   -t   x  ".as_slice(),
+                sink(false, false, false, false, "x"),
+            ),
+            (
+                b"scp\t-t\tx".as_slice(),
+                sink(false, false, false, false, "x"),
+            ),
+            (
+                b"scp -pt .".as_slice(),
+                sink(false, true, false, false, "."),
+            ),
+            (
+                b"scp -rpt .".as_slice(),
+                sink(true, true, false, false, "."),
+            ),
+            (
+                b"scp -prt .".as_slice(),
+                sink(true, true, false, false, "."),
+            ),
+            (
+                b"scp -dt .".as_slice(),
+                sink(false, false, true, false, "."),
+            ),
+            (
+                b"scp -vrpdt d".as_slice(),
+                sink(true, true, true, true, "d"),
+            ),
+            (
+                b"scp -t -p x".as_slice(),
+                sink(false, true, false, false, "x"),
+            ),
+            (
+                b"scp -tt x".as_slice(),
+                sink(false, false, false, false, "x"),
+            ),
+            (
+                b"scp -t '/path with space'".as_slice(),
+                sink(false, false, false, false, "/path with space"),
+            ),
+            (
+                b"scp -pt '/up/file.bin'".as_slice(),
+                sink(false, true, false, false, "/up/file.bin"),
+            ),
+            (
+                br"scp -t 'it'\''s'".as_slice(),
+                sink(false, false, false, false, "it's"),
+            ),
+            (
+                br#"scp -t "dq dir""#.as_slice(),
+                sink(false, false, false, false, "dq dir"),
+            ),
+            (
+                br"scp -t a\ b".as_slice(),
+                sink(false, false, false, false, "a b"),
+            ),
+            (
+                b"scp -t '; id'".as_slice(),
+                sink(false, false, false, false, "; id"),
+            ),
+            (
+                b"scp -t .;id".as_slice(),
+                sink(false, false, false, false, ".;id"),
+            ),
+            (
+                b"scp -t '$(id)'".as_slice(),
+                sink(false, false, false, false, "$(id)"),
+            ),
+        ] {
+            assert_eq!(parse_exec(cmd), want, "{:?}", String::from_utf8_lossy(cmd));
+        }
     }
 
     #[test]

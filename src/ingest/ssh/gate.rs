@@ -106,11 +106,12 @@ impl Gate {
                     self.evicted.fetch_add(1, Ordering::Relaxed);
                 }
                 // one log line per second at most: a flood must not flood the log
+                // (0 = never logged yet: the first time is always logged)
                 let last = self.last_full_log_ms.load(Ordering::Relaxed);
-                if now >= last + 1000
+                if (last == 0 || now >= last + 1000)
                     && self
                         .last_full_log_ms
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
                     tracing::warn!(
