@@ -68,10 +68,6 @@ say "network: br0 + client, lvs1, n1..n3"
 start_node() {   # start_node N
   local n=$1
   nsx n$n ingestd run --config /etc/ingestd/n$n.toml >> /run/n$n.log 2>&1 &
-  if [ "$HEALTHZ" = shim ]; then
-    nsx n$n env MAINT=/data/n$n/maintenance UPSTREAM=http://127.0.0.1:9123/health \
-      nc -ll -p 9122 -e /bin/healthz-shim >/dev/null 2>&1 &
-  fi
 }
 for n in 1 2 3; do
   mkdir -p /data/n$n && mount -t tmpfs -o size=160m n$n /data/n$n || fatal "tmpfs n$n"
@@ -222,7 +218,7 @@ until_ok 60 weight_is $X 1 && pass "maintenance off: n$X back to weight 1 in $((
 
 # C: a node killed -------------------------------------------------------------------
 Y=$(( X % 3 + 1 )); T=$SECONDS
-say "C: killing everything in n$Y (ingestd$( [ $HEALTHZ = shim ] && echo ' + healthz shim'))"
+say "C: killing everything in n$Y (ingestd)"
 kill -9 $(ip netns pids n$Y) 2>/dev/null
 if until_ok 60 weight_is $Y 0; then
   pass "node killed: keepalived set n$Y to weight 0 in $(( SECONDS - T ))s"

@@ -135,9 +135,7 @@ cp "$W/client_key.pub" "$R/etc/ingestd/authorized_keys"
 cp "$W/client_key" "$R/root/.ssh/id_ed25519"; chmod 700 "$R/root/.ssh"; chmod 600 "$R/root/.ssh/id_ed25519"
 echo "$VIP $(cut -d' ' -f1,2 "$W/host_key.pub")" > "$R/etc/ssh/known_hosts_vip"
 
-# node configs. /healthz with [health] maintenance_file: the node's own when this
-# binary has it, else FALLBACK: guest.sh serves /healthz with a busybox nc shim in
-# front of /health (like tests/lab/healthz-shim.py). Chosen by asking the binary.
+# node configs: /healthz with [health] maintenance_file, the node's own.
 node_conf() {   # node_conf N HEALTH_LISTEN EXTRA_HEALTH_LINE
   cat <<EOF
 node_id = "node$1"
@@ -159,21 +157,13 @@ listen = "$2"
 $3
 EOF
 }
-mkdir -p "$W/probe"
-sed "s#/data/n1#$W/probe#; s#/etc/ingestd/#$R/etc/ingestd/#" <(node_conf 1 0.0.0.0:9122 "maintenance_file = \"$W/probe/maintenance\"") > "$W/probe.toml"
-if "$BIN" check-config --config "$W/probe.toml" >/dev/null 2>&1; then HEALTHZ=native; else HEALTHZ=shim; fi
+HEALTHZ=native
 for n in 1 2 3; do
-  if [ $HEALTHZ = native ]; then
-    node_conf $n "0.0.0.0:9122" "maintenance_file = \"/data/n$n/maintenance\""
-  else
-    node_conf $n "127.0.0.1:9123" ""
-  fi > "$R/etc/ingestd/n$n.toml"
+  node_conf $n "0.0.0.0:9122" "maintenance_file = \"/data/n$n/maintenance\"" > "$R/etc/ingestd/n$n.toml"
 done
 echo "$HEALTHZ" > "$R/etc/ingestd/healthz-mode"
-say "node /healthz: $HEALTHZ$( [ $HEALTHZ = shim ] && echo ' (FALLBACK: this ingestd has no [health] maintenance_file; a busybox nc shim serves /healthz in front of /health)')"
 
 cp "$HERE/guest.sh" "$R/init"; chmod 0755 "$R/init"
-cp "$HERE/healthz-shim.sh" "$R/bin/healthz-shim"; chmod 0755 "$R/bin/healthz-shim"
 (cd "$R" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1) > "$W/initrd.gz" || setup_fail "cpio"
 say "initramfs: $(du -sh "$R" | cut -f1) unpacked, $(( $(stat -c %s "$W/initrd.gz") / 1048576 )) MiB gz"
 

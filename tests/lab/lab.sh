@@ -209,23 +209,11 @@ listen = "$2"
 $3
 EOF
 }
-# /healthz with a maintenance file: the node's own once wt-ops is merged; until then
-# a FALLBACK shim (healthz-shim.py) in front of today's /health. Chosen by asking
-# the binary whether it knows [health] maintenance_file.
-mkdir -p "$LAB/n1"
-node_conf 0 "0.0.0.0:9122" "maintenance_file = \"$LAB/n1/maintenance\"" > "$LAB/probe.toml"
-if "$BIN" check-config --config "$LAB/probe.toml" >/dev/null 2>&1; then HEALTHZ=native; else HEALTHZ=shim; fi
-log "node /healthz: $HEALTHZ$( [ $HEALTHZ = shim ] && echo ' (FALLBACK healthz-shim.py: this ingestd has no [health] maintenance_file yet)')"
-ev healthz $HEALTHZ
+# /healthz with a maintenance file: the node's own ([health] maintenance_file).
+HEALTHZ=native
 for i in 0 1 2; do
   n=${NODES[$i]}; mkdir -p "$LAB/$n"
-  if [ $HEALTHZ = native ]; then
-    node_conf $i "0.0.0.0:9122" "maintenance_file = \"$LAB/$n/maintenance\"" > "$LAB/$n/ingestd.toml"
-  else
-    node_conf $i "127.0.0.1:9123" "" > "$LAB/$n/ingestd.toml"
-    nsx $n python3 "$REPO/tests/lab/healthz-shim.py" 0.0.0.0 9122 http://127.0.0.1:9123/health \
-      "$LAB/$n/maintenance" > "$LAB/$n/shim.log" 2>&1 &
-  fi
+  node_conf $i "0.0.0.0:9122" "maintenance_file = \"$LAB/$n/maintenance\"" > "$LAB/$n/ingestd.toml"
   "$BIN" check-config --config "$LAB/$n/ingestd.toml" > "$LAB/$n/check-config.log" 2>&1 ||
     die "check-config $n: $(cat "$LAB/$n/check-config.log")"
   if [ $MODE = ipvs ]; then   # DR real server: VIP on lo, arp sysctls (not persisted in a lab)

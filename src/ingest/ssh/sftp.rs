@@ -11,7 +11,7 @@ use crate::core::sftp::session::{
 use crate::ingest::context::Shared;
 use crate::ingest::vfs::{Node, Vfs};
 use crate::ingest::writer::{FileWriter, Finish};
-use crate::spool::{Incoming, DATA, STATES};
+use crate::spool::{Incoming, Staged, DATA, STATES};
 use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf};
@@ -192,6 +192,16 @@ fn failed(e: impl std::fmt::Display) -> Outcome {
 }
 
 impl Io {
+    /// Finish an upload's writer: the file is complete and staged (not yet durable).
+    async fn complete(&mut self, up: UploadId, meta: Meta) -> Result<Staged, Outcome> {
+        let Some(w) = self.writers.remove(&up) else {
+            return Err(failed("ingestd: no such upload"));
+        };
+        w.complete(finish(meta))
+            .await
+            .map_err(|e| failed(format!("ingestd: cannot store file: {e}")))
+    }
+
     async fn run(&mut self, e: Effect) -> Outcome {
         match e {
             Effect::Begin {
@@ -240,12 +250,9 @@ impl Io {
                 None => failed("no such upload"),
             },
             Effect::Land { up, meta } => {
-                let Some(w) = self.writers.remove(&up) else {
-                    return failed("ingestd: no such upload");
-                };
-                let staged = match w.complete(finish(meta)).await {
+                let staged = match self.complete(up, meta).await {
                     Ok(s) => s,
-                    Err(e) => return failed(format!("ingestd: cannot store file: {e}")),
+                    Err(o) => return o,
                 };
                 let started = staged.started;
                 let spool = self.shared.spool.clone();
@@ -260,12 +267,9 @@ impl Io {
                 }
             }
             Effect::Park { up, meta } => {
-                let Some(w) = self.writers.remove(&up) else {
-                    return failed("ingestd: no such upload");
-                };
-                let staged = match w.complete(finish(meta)).await {
+                let staged = match self.complete(up, meta).await {
                     Ok(s) => s,
-                    Err(e) => return failed(format!("ingestd: cannot store file: {e}")),
+                    Err(o) => return o,
                 };
                 let started = staged.started;
                 let spool = self.shared.spool.clone();
