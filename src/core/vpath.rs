@@ -464,4 +464,17 @@ pub(crate) mod tests {
         let name = "a".repeat(5000);
         assert!(!glob_match(&format!("{}b", "*a".repeat(50)), &name));
     }
+
+    /// Found by the fuzzer (fuzz/artifacts/vpath): a directory literally named
+    /// `~` inside an absolute path is kept, and the absolute form the node
+    /// answers with resolves back to the same path; only a relative `~/...`
+    /// means the root.
+    #[test]
+    fn tilde_component_round_trips_in_absolute_form() {
+        let p = resolve("", "/~/b.a").unwrap();
+        assert_eq!(p, "~/b.a");
+        assert_eq!(resolve("", &format!("/{p}")).unwrap(), p);
+        assert_eq!(resolve("", "~/b.a").unwrap(), "b.a");
+        assert_eq!(resolve(&p, "!c/.////e").unwrap(), "~/b.a/!c/e");
+    }
 }
