@@ -106,6 +106,14 @@ pub struct SshConfig {
     pub login_grace_time: HumanDuration,
     /// Session channels one connection may open.
     pub max_channels: usize,
+    /// Uploads in progress (each holds an open file) on the node and on one
+    /// connection; beyond, a new upload is refused with a clear reason.
+    pub max_open_files: usize,
+    pub max_open_files_per_connection: usize,
+    /// Bytes received but not yet written, on the node and per connection; a
+    /// connection over its share is slowed (flow control), never failed.
+    pub max_buffered: ByteSize,
+    pub max_buffered_per_connection: ByteSize,
     /// An upload that receives less than this per second, measured over
     /// `inactivity_timeout`, is ended ("0" = off).
     pub min_rate: Rate,
@@ -232,6 +240,10 @@ impl Default for SshConfig {
             max_startups: 64,
             login_grace_time: HumanDuration(Duration::from_secs(30)),
             max_channels: 10,
+            max_open_files: 4096,
+            max_open_files_per_connection: 64,
+            max_buffered: ByteSize(256 << 20),
+            max_buffered_per_connection: ByteSize(16 << 20),
             min_rate: Rate(1024),
             allow_sha1_rsa: false,
             window_size: ByteSize(16 << 20),
@@ -278,6 +290,11 @@ pub struct SftpConfig {
     pub allow_download: bool,
     /// How long a landed file stays visible to its sender's `ls`/`stat`.
     pub visible_for: HumanDuration,
+    /// Memory for the senders' views (landed files, directories made): per user
+    /// and for the node. Past it a landing forgets the user's oldest entries and
+    /// a MKDIR is refused.
+    pub max_view_per_user: ByteSize,
+    pub max_view: ByteSize,
 }
 
 impl Default for SftpConfig {
@@ -289,6 +306,8 @@ impl Default for SftpConfig {
             temp_patterns: vec!["*.filepart".into(), "*.partial".into(), "*.part".into()],
             allow_download: false,
             visible_for: HumanDuration(Duration::from_secs(3600)),
+            max_view_per_user: ByteSize(4 << 20),
+            max_view: ByteSize(64 << 20),
         }
     }
 }
@@ -604,6 +623,20 @@ impl Config {
         }
         if self.ssh.max_channels == 0 {
             bail!("ssh.max_channels: must be at least 1");
+        }
+        if self.ssh.max_open_files == 0 || self.ssh.max_open_files_per_connection == 0 {
+            bail!("ssh.max_open_files, ssh.max_open_files_per_connection: must be at least 1");
+        }
+        for (k, v) in [
+            ("max_buffered", self.ssh.max_buffered.0),
+            (
+                "max_buffered_per_connection",
+                self.ssh.max_buffered_per_connection.0,
+            ),
+        ] {
+            if !(256 << 10..=1 << 40).contains(&v) {
+                bail!("ssh.{k}: must be between 256KiB and 1TiB");
+            }
         }
         self.ssh.validate_algorithms()?;
         if self.ssh.login_grace_time.0.is_zero() {

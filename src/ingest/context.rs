@@ -21,15 +21,23 @@ pub struct Shared {
     pub(crate) authorized_keys: RwLock<Vec<String>>,
     /// `ssh.max_sessions`, replaced by a reload (SIGHUP).
     pub max_sessions: AtomicUsize,
+    /// Open uploads and buffered bytes, node-wide (each connection takes a share).
+    pub limits: Arc<crate::ingest::limits::NodeLimits>,
 }
 
 impl Shared {
     pub fn new(cfg: Arc<Config>, spool: Arc<Spool>) -> Arc<Shared> {
+        let metrics: Arc<Metrics> = Arc::default();
         Arc::new(Shared {
             authorized_keys: RwLock::new(cfg.ssh.authorized_keys.to_vec()),
             max_sessions: AtomicUsize::new(cfg.ssh.max_sessions),
-            vfs: crate::ingest::vfs::Vfs::new(cfg.sftp.visible_for.0),
-            metrics: Arc::default(),
+            vfs: crate::ingest::vfs::Vfs::with_limits(
+                cfg.sftp.visible_for.0,
+                cfg.sftp.max_view_per_user.0 as usize,
+                cfg.sftp.max_view.0 as usize,
+            ),
+            limits: crate::ingest::limits::NodeLimits::new(&cfg.ssh, metrics.uploads_open()),
+            metrics,
             cfg,
             spool,
             connections: Arc::default(),

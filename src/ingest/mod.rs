@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod inbox;
+pub mod limits;
 pub mod ssh;
 pub mod vfs;
 pub mod writer;

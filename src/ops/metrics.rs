@@ -12,6 +12,7 @@
 //! | `auth_failures_total` | counter | reason |
 //! | `bans_total` | counter | |
 //! | `sessions` | gauge | state (authenticated, unauthenticated) |
+//! | `uploads_open` | gauge | |
 //! | `step_attempts_total` | counter | step (archive, process, forward) |
 //! | `step_failures_total` | counter | step, kind (failed, outage, quarantined) |
 //! | `step_duration_seconds` | histogram | step |
@@ -143,6 +144,7 @@ pub struct Metrics {
     auth_failures: Family<Reason, Counter>,
     bans: Counter,
     sessions: Family<SessionState, Gauge>,
+    uploads_open: Gauge,
     step_attempts: Family<Step, Counter>,
     step_failures: Family<StepKind, Counter>,
     step_duration: HistFamily<Step>,
@@ -168,6 +170,7 @@ impl Metrics {
             auth_failures: Family::default(),
             bans: Counter::default(),
             sessions: Family::default(),
+            uploads_open: Gauge::default(),
             step_attempts: Family::default(),
             step_failures: Family::default(),
             step_duration: Family::new_with_constructor(step_hist),
@@ -217,6 +220,11 @@ impl Metrics {
             "sessions",
             "Open SSH connections by state",
             m.sessions.clone()
+        );
+        reg!(
+            "uploads_open",
+            "Uploads in progress (each holds an open file; bounded by ssh.max_open_files)",
+            m.uploads_open.clone()
         );
         reg!(
             "step_attempts",
@@ -426,6 +434,11 @@ impl Metrics {
         self.spool_oldest
             .get_or_create(&Stage { stage })
             .set(oldest_age.as_secs_f64());
+    }
+
+    /// The gauge of uploads in progress (kept by `ingest::limits`).
+    pub fn uploads_open(&self) -> Gauge {
+        self.uploads_open.clone()
     }
 
     pub fn spool_free(&self, bytes: u64) {

@@ -52,6 +52,9 @@ pub enum Refusal {
     /// The path cannot be stored under the archive layout (too long, too deep).
     #[error("{0}")]
     Name(String),
+    /// Too many uploads in progress (on the connection or the node); try later.
+    #[error("{0}")]
+    Busy(String),
     #[error("spool error: {0}")]
     Io(#[from] io::Error),
 }

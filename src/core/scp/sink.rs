@@ -746,6 +746,12 @@ impl Sink {
                 if !self.cfg.args.recursive {
                     return self.fatal("received a directory without -r");
                 }
+                if self.stack.len() >= crate::core::naming::MAX_DEPTH {
+                    let max = crate::core::naming::MAX_DEPTH;
+                    return self.fatal(&format!(
+                        "directories nested too deep (this server accepts at most {max} levels)"
+                    ));
+                }
                 let path = self.item_path(&name);
                 if path.len() > vpath::MAX_PATH {
                     return self.fatal(&PathError::PathTooLong { len: path.len() }.to_string());

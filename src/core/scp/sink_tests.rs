@@ -869,3 +869,23 @@ fn fuzz_never_panics_and_never_escapes_the_root() {
         }
     }
 }
+
+#[test]
+fn directory_nesting_is_bounded_before_memory_grows() {
+    // 4,000 levels of short names: refused at MAX_DEPTH, with a clear reason,
+    // long before the stack of paths (quadratic in depth) could grow.
+    let mut input = Vec::new();
+    for _ in 0..4000 {
+        input.extend_from_slice(b"D0755 0 d\n");
+    }
+    let mut s = Sim::new(cfg(args(true, false, false, ".")));
+    s.feed(&input);
+    assert_eq!(s.exit, Some(1));
+    let msg = &s.messages()[0].1;
+    assert!(msg.contains("nested too deep"), "{msg}");
+    assert!(
+        msg.contains(&crate::core::naming::MAX_DEPTH.to_string()),
+        "{msg}"
+    );
+    assert!(s.landed.is_empty());
+}

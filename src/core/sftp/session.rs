@@ -683,9 +683,17 @@ impl Session {
                 let p = self.resolve(&m.path)?;
                 if p.is_empty() || view.lookup(&p).is_some() || self.parked_at(&p).is_some() {
                     err(StatusCode::Failure, format!("{}: already exists", m.path))
-                } else {
-                    view.mkdir(&p);
+                } else if view.mkdir(&p) {
                     Ok(ok(id))
+                } else {
+                    err(
+                        StatusCode::Failure,
+                        format!(
+                            "{}: not created: too many directories remembered for this user; \
+                             upload files into it directly (no mkdir is needed)",
+                            m.path
+                        ),
+                    )
                 }
             }
             Packet::RmDir(r) => {

@@ -8,6 +8,7 @@
 use crate::core::scp::exec::ScpArgs;
 use crate::core::scp::sink::{self, Action, Event, FileStart, LogEvent, Sink, SinkConfig};
 use crate::ingest::context::Shared;
+use crate::ingest::limits::ConnLimits;
 use crate::ingest::writer::FileWriter;
 use crate::spool::{Incoming, Refusal, Staged};
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 struct Driver {
     shared: Arc<Shared>,
+    limits: Arc<ConnLimits>,
     user: String,
     peer: SocketAddr,
     out: ChannelWriteHalf<Msg>,
@@ -28,6 +30,7 @@ struct Driver {
 pub async fn run(
     channel: Channel<Msg>,
     shared: Arc<Shared>,
+    limits: Arc<ConnLimits>,
     user: String,
     peer: SocketAddr,
     args: ScpArgs,
@@ -40,6 +43,7 @@ pub async fn run(
     let mut core = Sink::new(cfg);
     let mut d = Driver {
         shared,
+        limits,
         user,
         peer,
         out,
@@ -137,7 +141,7 @@ impl Driver {
             remote_addr: self.peer.to_string(),
             protocol: "scp",
         };
-        match FileWriter::start(self.shared.spool.clone(), info, f.size).await {
+        match FileWriter::start(self.shared.spool.clone(), &self.limits, info, f.size).await {
             Ok(w) => {
                 self.writer = Some(w);
                 Event::Admitted

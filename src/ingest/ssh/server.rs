@@ -385,6 +385,8 @@ pub struct Conn {
     shutdown: Shutdown,
     /// This connection in the `sessions` gauge.
     session_metric: crate::ops::metrics::SessionMetric,
+    /// This connection's share of open uploads and buffered bytes.
+    limits: Arc<crate::ingest::limits::ConnLimits>,
 }
 
 impl Conn {
@@ -397,6 +399,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             session_metric: shared.metrics.session_opened(),
+            limits: shared.limits.connection(),
             shared,
             peer,
             user: String::new(),
@@ -653,6 +656,7 @@ impl Handler for Conn {
                 self.start(super::scp::run(
                     ch,
                     self.shared.clone(),
+                    self.limits.clone(),
                     self.user.clone(),
                     self.peer,
                     args,
@@ -680,6 +684,7 @@ impl Handler for Conn {
             self.start(super::sftp::run(
                 ch,
                 self.shared.clone(),
+                self.limits.clone(),
                 self.user.clone(),
                 self.peer,
             ));

@@ -9,6 +9,7 @@ use crate::core::sftp::session::{
     ViewFile, ViewNode,
 };
 use crate::ingest::context::Shared;
+use crate::ingest::limits::ConnLimits;
 use crate::ingest::vfs::{Node, Vfs};
 use crate::ingest::writer::{FileWriter, Finish};
 use crate::spool::{Incoming, Staged, DATA, STATES};
@@ -65,6 +66,7 @@ impl View for UserView<'_> {
 /// What the driver holds for the core: one writer per upload, one file per download.
 struct Io {
     shared: Arc<Shared>,
+    limits: Arc<ConnLimits>,
     user: String,
     peer: SocketAddr,
     writers: HashMap<UploadId, FileWriter>,
@@ -73,7 +75,13 @@ struct Io {
     reads: HashMap<ReadId, Arc<std::fs::File>>,
 }
 
-pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer: SocketAddr) {
+pub async fn run(
+    channel: Channel<Msg>,
+    shared: Arc<Shared>,
+    limits: Arc<ConnLimits>,
+    user: String,
+    peer: SocketAddr,
+) {
     let (mut rx, out) = channel.split();
     let cfg = &shared.cfg.sftp;
     let mut core = Session::new(Settings {
@@ -83,6 +91,7 @@ pub async fn run(channel: Channel<Msg>, shared: Arc<Shared>, user: String, peer:
     });
     let mut io = Io {
         shared: shared.clone(),
+        limits,
         user: user.clone(),
         peer,
         writers: HashMap::new(),
@@ -219,7 +228,8 @@ impl Io {
                     remote_addr: self.peer.to_string(),
                     protocol: "sftp",
                 };
-                match FileWriter::start(self.shared.spool.clone(), info, admit).await {
+                match FileWriter::start(self.shared.spool.clone(), &self.limits, info, admit).await
+                {
                     Ok(w) => {
                         self.writers.insert(up, w);
                         Outcome::Ok
