@@ -114,10 +114,6 @@ fn now_secs() -> i64 {
 }
 
 impl Vfs {
-    pub fn new(ttl: Duration) -> Vfs {
-        Vfs::with_limits(ttl, 4 << 20, 64 << 20)
-    }
-
     /// A view remembering at most `max_user` bytes per user and `max_node` in all.
     pub fn with_limits(ttl: Duration, max_user: usize, max_node: usize) -> Vfs {
         Vfs {
@@ -314,7 +310,7 @@ mod tests {
 
     #[test]
     fn view_per_user() {
-        let v = Vfs::new(Duration::from_secs(60));
+        let v = Vfs::with_limits(Duration::from_secs(60), 4 << 20, 64 << 20);
         v.landed(&rec("a", "x/y/f", 5));
         assert_eq!(v.lookup("a", "x"), Some(Node::Dir));
         assert!(matches!(v.lookup("a", "x/y/f"), Some(Node::File(f)) if f.size == 5));
@@ -369,7 +365,7 @@ mod tests {
 
     #[test]
     fn expires() {
-        let v = Vfs::new(Duration::from_millis(1));
+        let v = Vfs::with_limits(Duration::from_millis(1), 4 << 20, 64 << 20);
         v.landed(&rec("a", "f", 1));
         std::thread::sleep(Duration::from_millis(5));
         assert!(v.lookup("a", "f").is_none());

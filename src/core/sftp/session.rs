@@ -515,9 +515,16 @@ impl Session {
         if let Some((id, msg)) = non_utf8_name(&body) {
             return Step::Reply(status(id, StatusCode::Failure, &msg));
         }
+        // A request that cannot be decoded is still answered under its id (every
+        // request but INIT carries one right after the type), so the client is
+        // told instead of waiting forever.
+        let id = match &body[..] {
+            [t, a, b, c, d, ..] if *t != 1 => u32::from_be_bytes([*a, *b, *c, *d]),
+            _ => 0,
+        };
         match Packet::try_from(&mut body) {
             Ok(p) => self.handle(p, view),
-            Err(_) => Step::Reply(status(0, StatusCode::BadMessage, "malformed request")),
+            Err(_) => Step::Reply(status(id, StatusCode::BadMessage, "malformed request")),
         }
     }
 

@@ -888,6 +888,15 @@ fn invalid_handles_and_unknown_requests() {
     assert!(matches!(p, Packet::Status(s) if s.status_code == StatusCode::BadMessage));
     let p = sim.raw(Bytes::from_static(&[250, 0, 0, 0, 1]));
     assert!(matches!(p, Packet::Status(s) if s.status_code == StatusCode::BadMessage));
+    // ... answered under the request's own id, so the client is not left waiting
+    // (a READ whose offset is 4 bytes instead of 8)
+    let p = sim.raw(Bytes::from_static(&[
+        5, 0, 0, 0, 42, 0, 0, 0, 1, b'h', 0, 0, 0, 0,
+    ]));
+    assert!(
+        matches!(&p, Packet::Status(s) if s.status_code == StatusCode::BadMessage && s.id == 42),
+        "{p:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
