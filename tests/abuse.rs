@@ -549,3 +549,243 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
     }
     v
 }
+
+// ---------------------------------------------------------------------------
+// Floods with the node's memory and open files measured before, at the peak and
+// after (VmHWM is reset through /proc/<pid>/clear_refs before each flood).
+
+struct Mem {
+    rss: u64,
+    fds: usize,
+}
+
+fn mem(node: &Node) -> Mem {
+    let pid = node.pid().unwrap();
+    Mem {
+        rss: rss_kib(node),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count(),
+    }
+}
+
+fn reset_peak(node: &Node) {
+    std::fs::write(format!("/proc/{}/clear_refs", node.pid().unwrap()), "5").unwrap();
+}
+
+fn peak_kib(node: &Node) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A flood held open by tests/abuse/flood.py until dropped.
+struct Flood {
+    child: std::process::Child,
+    line: String,
+}
+
+impl Flood {
+    fn start(node: &Node, args: &[&str]) -> Flood {
+        require_tool(PYTHON);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/abuse/flood.py");
+        let mut child = Command::new("timeout")
+            .args(["300", PYTHON])
+            .arg(script)
+            .args(["127.0.0.1", &node.port.to_string(), "alice"])
+            .arg(&node.key)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(
+            line.starts_with("HOLDING"),
+            "flood {args:?} did not get in place: {line:?}\n{}",
+            node.log()
+        );
+        Flood { child, line }
+    }
+
+    fn figure(&self, key: &str) -> u64 {
+        self.line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {:?}", self.line))
+    }
+
+    fn end(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The stated bound on the node's memory under any one flood below (the node
+/// itself starts at about 20 MiB): see `docs/limits.md`.
+const FLOOD_RSS_BOUND_KIB: u64 = 256 * 1024;
+
+fn check_flood(node: &Node, what: &str, before: &Mem, during_good: Duration) {
+    let peak = peak_kib(node);
+    let after_start = Instant::now();
+    // Give the node a moment to release what the attacker held.
+    let settled = poll(Duration::from_secs(20), || {
+        let m = mem(node);
+        (m.fds <= before.fds + 8).then_some(m)
+    });
+    let after = settled.unwrap_or_else(|| mem(node));
+    let good_after = good_upload(node, &format!("after-{}.bin", unique_token()));
+    eprintln!(
+        "{what}: RSS before {} KiB, peak {peak} KiB, after {} KiB; open files before {}, after {}; good sender during {during_good:?}, after {good_after:?} (settled in {:?})",
+        before.rss, after.rss, before.fds, after.fds, after_start.elapsed()
+    );
+    assert!(
+        peak < FLOOD_RSS_BOUND_KIB,
+        "{what}: peak RSS {peak} KiB over {FLOOD_RSS_BOUND_KIB} KiB"
+    );
+    assert!(
+        after.fds <= before.fds + 8,
+        "{what}: open files not returned: {} -> {}",
+        before.fds,
+        after.fds
+    );
+    assert!(
+        during_good < Duration::from_secs(2) && good_after < Duration::from_secs(2),
+        "{what}: a good sender waited {during_good:?} during, {good_after:?} after"
+    );
+}
+
+#[test]
+fn channel_flood_on_one_connection_is_bounded_and_holds_no_thread() {
+    let node = Node::start_opts(NodeOpts {
+        ssh_extra: "max_sessions = 4\n".into(),
+        ..NodeOpts::held()
+    });
+    good_upload(&node, "warm.bin");
+    let before = mem(&node);
+    reset_peak(&node);
+    let flood = Flood::start(&node, &["channels", "420"]);
+    assert_eq!(
+        flood.figure("opened"),
+        10,
+        "max_channels (10) opened: {}",
+        flood.line
+    );
+    assert_eq!(flood.figure("refused"), 410, "{}", flood.line);
+    assert!(
+        node.log()
+            .contains("too many channels on this connection (limit 10)"),
+        "the refusal says why"
+    );
+    let during = good_upload(&node, "during-channels.bin");
+    flood.end();
+    check_flood(&node, "420-channel flood", &before, during);
+}
+
+#[test]
+fn open_file_flood_is_refused_per_connection_and_node_and_released() {
+    let node = Node::start_opts(NodeOpts {
+        ssh_extra: "max_open_files = 200\nmax_open_files_per_connection = 64\n".into(),
+        ..NodeOpts::held()
+    });
+    good_upload(&node, "warm.bin");
+    let before = mem(&node);
+    reset_peak(&node);
+    // 2 connections x (10 SFTP channels x 32 handles): each connection stops at 64.
+    let a = Flood::start(&node, &["handles", "2", "32"]);
+    assert_eq!(a.figure("opened"), 128, "{}", a.line);
+    assert!(
+        a.line
+            .contains("too many files open on this connection (limit 64)"),
+        "{}",
+        a.line
+    );
+    let during = good_upload(&node, "during-handles.bin");
+    // 2 more connections: the node's bound (200) is reached, with its own reason.
+    let b = Flood::start(&node, &["handles", "2", "32"]);
+    assert_eq!(b.figure("opened"), 72, "{}", b.line);
+    assert!(
+        b.line
+            .contains("node busy: too many uploads in progress (limit 200)"),
+        "{}",
+        b.line
+    );
+    let m = mem(&node);
+    assert!(
+        m.fds >= before.fds + 200,
+        "the held uploads hold files: {} -> {}",
+        before.fds,
+        m.fds
+    );
+    let metrics = node.http_get("/metrics");
+    assert!(metrics.contains("ingestd_uploads_open 200"), "{metrics}");
+    a.end();
+    b.end();
+    check_flood(
+        &node,
+        "open-file flood (4 connections x 10 channels x 32 handles)",
+        &before,
+        during,
+    );
+    let metrics = node.http_get("/metrics");
+    assert!(metrics.contains("ingestd_uploads_open 0"), "{metrics}");
+}
+
+#[test]
+fn mkdir_flood_is_capped_in_memory() {
+    let node = Node::start_opts(NodeOpts::held());
+    good_upload(&node, "warm.bin");
+    let before = mem(&node);
+    reset_peak(&node);
+    let flood = Flood::start(&node, &["mkdir", "20000", "4000"]);
+    let (made, refused) = (flood.figure("made"), flood.figure("refused"));
+    assert!(
+        made < 1100 && made + refused == 20000,
+        "4 MiB per user: about 1,000 directories of 4,000 bytes: {}",
+        flood.line
+    );
+    assert!(
+        flood.line.contains("too many directories remembered"),
+        "{}",
+        flood.line
+    );
+    let during = good_upload(&node, "during-mkdir.bin");
+    flood.end();
+    check_flood(&node, "20,000 MKDIRs of 4,000-byte paths", &before, during);
+    let grew = mem(&node).rss.saturating_sub(before.rss);
+    assert!(grew < 32 * 1024, "RSS kept after the flood: {grew} KiB");
+}
+
+#[test]
+fn scp_directory_nesting_flood_is_refused_early() {
+    let node = Node::start_opts(NodeOpts::held());
+    good_upload(&node, "warm.bin");
+    let before = mem(&node);
+    reset_peak(&node);
+    let mut input = format!("D0755 0 {}\n", "n".repeat(255))
+        .repeat(4000)
+        .into_bytes();
+    input.extend_from_slice(b"C0644 5 evil\nhello\0");
+    let out = node.ssh_stdin("alice", "scp -r -t .", &input);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("too long") || text.contains("too deep"),
+        "{}",
+        show(&out)
+    );
+    let during = good_upload(&node, "during-nesting.bin");
+    check_flood(
+        &node,
+        "SCP D nesting, 4,000 levels of 255-byte names",
+        &before,
+        during,
+    );
+}

@@ -661,6 +661,17 @@ impl Node {
         v
     }
 
+    /// The body of `GET path` on the node's health/metrics listener (curl).
+    pub fn http_get(&self, path: &str) -> String {
+        let out = Command::new(require_tool("curl"))
+            .args(["-s", "-m", "10"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.health_port))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `ssh -p <port> <opts> user@127.0.0.1 command` with stdin from /dev/null.
     pub fn ssh(&self, user: &str, command: &str) -> Output {
         run_with_timeout(&self.ssh_argv(&[], user, Some(command)), &self.src, None)
