@@ -747,6 +747,7 @@ fn mkdir_flood_is_capped_in_memory() {
     reset_peak(&node);
     let flood = Flood::start(&node, &["mkdir", "20000", "4000"]);
     let (made, refused) = (flood.figure("made"), flood.figure("refused"));
+    eprintln!("mkdir flood: made {made}, refused {refused}");
     assert!(
         made < 1100 && made + refused == 20000,
         "4 MiB per user: about 1,000 directories of 4,000 bytes: {}",
