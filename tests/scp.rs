@@ -719,11 +719,6 @@ fn more_data_than_announced_is_explained() {
     }
 }
 
-hostile_file!(
-    hostile_more_data_than_announced,
-    "C0644 3 evil-{t}\n",
-    &["status byte", "more data"]
-);
 /// Issue 9: a session that fails after files were acknowledged with `\0`
 /// stores none of them (group commit); every one is named in the log and to
 /// the sender.
