@@ -578,4 +578,105 @@ mod tests {
             StepError::Gone
         ));
     }
+
+    /// Measurement, not a test (BENCHMARKS.md, "archive copy"): CPU of this thread
+    /// for (b) `copy_sparse` + one re-read hashed against the known BLAKE3, against
+    /// (a) one read pass hashed and written from user space (with and without a
+    /// re-read). Run: `cargo test --release --lib -- --ignored --nocapture
+    /// measure_archive_copy` (`MEASURE_DIR` picks the file system, default /tmp).
+    #[test]
+    #[ignore]
+    fn measure_archive_copy() {
+        use std::io::{Read, Seek, Write};
+        fn cpu() -> f64 {
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage fills the struct we own.
+            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+            let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+            t(u.ru_utime) + t(u.ru_stime)
+        }
+        let base = std::env::var("MEASURE_DIR").unwrap_or_else(|_| "/tmp".into());
+        let t = tempfile::tempdir_in(base).unwrap();
+        let src = t.path().join("src");
+        let mb = 256usize;
+        let mut f = File::create(&src).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        for i in 0..mb {
+            let mut c = chunk.clone();
+            c[0] = i as u8;
+            f.write_all(&c).unwrap();
+        }
+        f.sync_all().unwrap();
+        let (hash, size) = hash_file(&src).unwrap();
+        let dst = t.path().join("dst");
+        let mode_b = || {
+            let input = open_nofollow(&src).unwrap();
+            let mut out = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&dst)
+                .unwrap();
+            copy_sparse(&input, &out).unwrap();
+            out.sync_all().unwrap();
+            out.seek(io::SeekFrom::Start(0)).unwrap();
+            assert_eq!(hash_reader(&mut out).unwrap(), (hash.clone(), size));
+        };
+        let mode_a = |verify: bool| {
+            let mut input = open_nofollow(&src).unwrap();
+            let mut out = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&dst)
+                .unwrap();
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let k = input.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                out.write_all(&buf[..k]).unwrap();
+            }
+            assert_eq!(h.finalize().to_hex().to_string(), hash);
+            out.sync_all().unwrap();
+            if verify {
+                out.seek(io::SeekFrom::Start(0)).unwrap();
+                assert_eq!(hash_reader(&mut out).unwrap(), (hash.clone(), size));
+            }
+        };
+        let mut res: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+            ("b: copy_file_range + re-read", vec![], vec![]),
+            ("a: read+hash+write", vec![], vec![]),
+            ("a: read+hash+write + re-read", vec![], vec![]),
+        ];
+        for _ in 0..5 {
+            for (i, r) in res.iter_mut().enumerate() {
+                let _ = fs::remove_file(&dst);
+                let (c0, w0) = (cpu(), std::time::Instant::now());
+                match i {
+                    0 => mode_b(),
+                    1 => mode_a(false),
+                    _ => mode_a(true),
+                }
+                r.1.push(cpu() - c0);
+                r.2.push(w0.elapsed().as_secs_f64());
+            }
+        }
+        for (name, mut c, mut w) in res {
+            c.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            w.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "{name:32} CPU s/GiB median {:.3} (min {:.3} max {:.3}); wall s/GiB median {:.3}",
+                c[2] * 1024.0 / mb as f64,
+                c[0] * 1024.0 / mb as f64,
+                c[4] * 1024.0 / mb as f64,
+                w[2] * 1024.0 / mb as f64
+            );
+        }
+    }
 }
