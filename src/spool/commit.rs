@@ -1,14 +1,16 @@
-//! Group commit across sessions: one thread per spool takes staged files from
-//! every caller ([`Spool::commit_one`]), commits those that arrive together as one
-//! group (one round of parallel fsyncs, the renames, one fsync of `ready/`) and
-//! answers each caller with its own record. Nothing is answered before the group's
-//! commit has returned.
+//! Group commit across sessions: a few threads per spool ([`THREADS`]) take staged
+//! files from every caller ([`Spool::commit_one`]) off one queue, commit those that
+//! arrive together as one group (one round of parallel fsyncs, the renames, one
+//! fsync of `ready/`) and answer each caller with its own record. Nothing is
+//! answered before the group's commit has returned.
 //!
-//! Batching: the thread blocks for the first file, then takes everything already
-//! queued (at most [`MAX_BATCH`]). Only when the last group held more than one file
-//! (several senders are committing at once) does it also wait up to [`WINDOW`] for
-//! more; a lone sequential sender never waits for company that is not coming.
-//! While a group is being fsynced, new arrivals queue for the next one.
+//! Batching: a free thread blocks for the first file, then takes everything already
+//! queued (at most [`MAX_BATCH`]). Only when its last group held more than one file
+//! (the queue had built up: several senders are committing at once) does it also
+//! wait up to [`WINDOW`] for more; a lone sequential sender never waits for company
+//! that is not coming. Groups are formed only while every thread is busy, so a few
+//! concurrent senders commit side by side as before (the file system's journal
+//! joins their fsyncs) and many share groups.
 //!
 //! Failure: a group fails together. If any fsync, rename or directory fsync fails,
 //! every caller of that group gets the error and its upload is refused (an fsync
@@ -21,10 +23,12 @@ use crate::core::record::Record;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
+/// Commit threads per spool (groups in flight at once).
+pub const THREADS: usize = 4;
 /// The most files committed as one group.
 pub const MAX_BATCH: usize = 256;
 /// How long a group waits for more files when the previous group was shared.
@@ -59,11 +63,15 @@ pub(super) struct Committer {
 impl Committer {
     pub fn start(target: Target) -> io::Result<Committer> {
         let (tx, rx) = mpsc::channel();
+        let rx = Arc::new(Mutex::new(rx));
+        let target = Arc::new(target);
         let stats = Arc::new(Stats::default());
-        let st = stats.clone();
-        std::thread::Builder::new()
-            .name("ingestd-commit".into())
-            .spawn(move || run(rx, &target, &st))?;
+        for _ in 0..THREADS {
+            let (rx, target, st) = (rx.clone(), target.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("ingestd-commit".into())
+                .spawn(move || run(&rx, &target, &st))?;
+        }
         Ok(Committer { tx, stats })
     }
 
@@ -76,10 +84,21 @@ impl Committer {
     }
 }
 
-/// The commit thread: until every sender is gone, take a group, commit it, answer.
-fn run(rx: mpsc::Receiver<Job>, target: &Target, stats: &Stats) {
+/// A commit thread: until every sender is gone, take a group, commit it, answer.
+fn run(rx: &Mutex<mpsc::Receiver<Job>>, target: &Target, stats: &Stats) {
     let mut shared = false;
-    while let Ok(first) = rx.recv() {
+    while let Some(batch) = take(rx, shared) {
+        shared = batch.len() > 1;
+        commit_batch(batch, target, stats);
+    }
+}
+
+/// The next group (`None`: the spool is gone). The queue is held while the group
+/// is formed, so the other threads wait for the next one.
+fn take(rx: &Mutex<mpsc::Receiver<Job>>, linger: bool) -> Option<Vec<Job>> {
+    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+    {
+        let first = rx.recv().ok()?;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -87,7 +106,7 @@ fn run(rx: mpsc::Receiver<Job>, target: &Target, stats: &Stats) {
                 Err(_) => break,
             }
         }
-        if shared {
+        if linger {
             let until = Instant::now() + WINDOW;
             while batch.len() < MAX_BATCH {
                 let left = until.saturating_duration_since(Instant::now());
@@ -97,8 +116,7 @@ fn run(rx: mpsc::Receiver<Job>, target: &Target, stats: &Stats) {
                 }
             }
         }
-        shared = batch.len() > 1;
-        commit_batch(batch, target, stats);
+        Some(batch)
     }
 }
 
@@ -254,7 +272,7 @@ mod tests {
             wake: Arc::new(Notify::new()),
         };
         let stats = Stats::default();
-        run(rx, &target, &stats); // both queued: one group
+        run(&Mutex::new(rx), &target, &stats); // both queued: one group
         assert_eq!(stats.groups.load(Ordering::Relaxed), 1);
         for mut a in answers {
             assert!(a.try_recv().unwrap().is_err());
