@@ -1,4 +1,5 @@
-//! File-system helpers shared by the steps: durable verified copies, directory
+//! File-system helpers shared by the steps: durable verified copies (sparse-aware,
+//! in the kernel where it can), delivery by hard link, directory
 //! creation that survives a crash, and the classification of errors into
 //! "the target is unavailable" (an outage: retried, not counted) and
 //! "this entry failed" (counted towards quarantine).
