@@ -1,4 +1,5 @@
-//! File-system helpers shared by the steps: durable verified copies, directory
+//! File-system helpers shared by the steps: durable verified copies (sparse-aware,
+//! in the kernel where it can), delivery by hard link, directory
 //! creation that survives a crash, and the classification of errors into
 //! "the target is unavailable" (an outage: retried, not counted) and
 //! "this entry failed" (counted towards quarantine).
@@ -164,8 +165,9 @@ pub enum CopyError {
     Mismatch(String),
 }
 
-/// Copy `src` to `tmp` (created or truncated; kernel copy via `copy_file_range`),
-/// fsync it, read it back and compare with `expect` (BLAKE3 hex, size) if given,
+/// Copy `src` to `tmp` (created or truncated; [`copy_sparse`]: kernel copy, holes
+/// kept), fsync it, read it back once and compare with `expect` (BLAKE3 hex, size:
+/// the hash recorded at landing; the source is never hashed again) if given,
 /// optionally set its mtime; then rename it to `dst`. The caller fsyncs `dst`'s
 /// directory (one fsync can cover several renames). On error `tmp` is removed.
 pub fn copy_verified(
@@ -193,7 +195,7 @@ fn copy_verified_inner(
 ) -> Result<(), CopyError> {
     // Nothing in the spool is ever read through a symlink (one planted there
     // would otherwise be copied out), and only regular files are copied.
-    let mut input = open_nofollow(src).map_err(CopyError::Source)?;
+    let input = open_nofollow(src).map_err(CopyError::Source)?;
     let mut out = OpenOptions::new()
         .read(true)
         .write(true)
@@ -206,8 +208,7 @@ fn copy_verified_inner(
     // A file left by an earlier attempt keeps its mode: set it.
     out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(CopyError::Target)?;
-    // std specialises File→File copies to copy_file_range (or sendfile/splice).
-    io::copy(&mut input, &mut out).map_err(|e| {
+    copy_sparse(&input, &out).map_err(|e| {
         // copy_file_range reports errors of either side; ask the source whether it is fine
         match input.metadata() {
             Ok(_) => CopyError::Target(e),
@@ -233,6 +234,215 @@ fn copy_verified_inner(
     }
     drop(out);
     fs::rename(tmp, dst).map_err(CopyError::Target)
+}
+
+/// Copy all of `input` into `out` (empty, at offset 0) in the kernel, keeping holes:
+/// the data segments (`SEEK_DATA`/`SEEK_HOLE`) are copied with `copy_file_range`
+/// (which reflinks on XFS/btrfs and copies page cache to page cache elsewhere), the
+/// holes are skipped, and the length is set last (a trailing hole). Where the kernel
+/// cannot copy between the two files (`EXDEV` across some file systems, `ENOSYS`,
+/// `EOPNOTSUPP`, `EINVAL`) the segment is copied with `pread`/`pwrite`; where the
+/// file system cannot report holes the whole file is one data segment.
+pub fn copy_sparse(input: &File, out: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = input.metadata()?.len();
+    let (fi, fo) = (input.as_raw_fd(), out.as_raw_fd());
+    let mut off = 0u64;
+    let mut kernel = true;
+    while off < len {
+        let data = match seek(fi, off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && off == 0 => 0,
+            Err(e) => return Err(e),
+        };
+        let end = match seek(fi, data, libc::SEEK_HOLE) {
+            Ok(h) => h.min(len),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => len,
+            Err(e) => return Err(e),
+        };
+        let mut pos = data;
+        while pos < end {
+            let want = (end - pos).min(1 << 30) as usize;
+            let n = if kernel {
+                match copy_range(fi, fo, pos, want) {
+                    Ok(n) => n,
+                    Err(e)
+                        if [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL]
+                            .contains(&e.raw_os_error().unwrap_or(0)) =>
+                    {
+                        kernel = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                copy_range_user(input, out, pos, want)?
+            };
+            if n == 0 {
+                // the source shrank under us: a spool file never does
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source ended before its length",
+                ));
+            }
+            pos += n as u64;
+        }
+        off = end;
+    }
+    out.set_len(len)
+}
+
+fn seek(fd: std::os::fd::RawFd, off: u64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: lseek(2) on a descriptor the caller owns; no memory is passed.
+    let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// One `copy_file_range(2)` call at the same offset on both sides (the file offsets
+/// are not used or moved).
+fn copy_range(
+    fi: std::os::fd::RawFd,
+    fo: std::os::fd::RawFd,
+    pos: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let (mut oi, mut oo) = (pos as libc::loff_t, pos as libc::loff_t);
+    loop {
+        // SAFETY: both descriptors are owned by the caller; the offsets point to locals.
+        let r = unsafe { libc::copy_file_range(fi, &mut oi, fo, &mut oo, len, 0) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn copy_range_user(input: &File, out: &File, pos: u64, len: usize) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let n = loop {
+        match input.read_at(&mut buf, pos) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    out.write_all_at(&buf[..n], pos)?;
+    Ok(n)
+}
+
+/// How [`link_verified`] ended.
+#[derive(Debug, PartialEq)]
+pub enum Linked {
+    /// `dst` is a hard link to `src` (made now, or by an earlier attempt).
+    Done,
+    /// The file system cannot link here (`EXDEV`, `EPERM`, `EOPNOTSUPP`, `EMLINK`,
+    /// ...) or `src` has other links: copy instead.
+    Unsupported,
+}
+
+/// Deliver `src` as `dst` by a hard link instead of a copy (same file system, no
+/// bytes moved), with the durability of [`copy_verified`]: link to `tmp`, check it
+/// is `src`'s inode with `expect_size` bytes, set its mode and mtime, fsync it,
+/// rename to `dst`; the caller fsyncs `dst`'s directory. The bytes are not hashed
+/// again: none were copied, and they are the bytes the archive step verified.
+///
+/// Idempotent: a `dst` that already is `src`'s inode (an attempt that crashed
+/// after its rename) is kept as it is (`rename(2)` between two links of one
+/// inode would do nothing and leave `tmp` behind). Only a spool file with a
+/// single link is linked, so the delivered inode is owned by the spool alone
+/// until the entry is removed (the delivered name then keeps it). On error
+/// `tmp` is removed.
+pub fn link_verified(
+    src: &Path,
+    tmp: &Path,
+    dst: &Path,
+    expect_size: u64,
+    mtime: Option<i64>,
+    mode: u32,
+) -> Result<Linked, CopyError> {
+    use std::os::unix::fs::MetadataExt;
+    // a link left by an attempt that crashed before its rename counts in nlink
+    match fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CopyError::Target(e)),
+    }
+    let sm = fs::symlink_metadata(src).map_err(CopyError::Source)?;
+    if !sm.is_file() {
+        return Err(CopyError::Source(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", src.display()),
+        )));
+    }
+    if let Ok(dm) = fs::symlink_metadata(dst) {
+        if dm.dev() == sm.dev() && dm.ino() == sm.ino() {
+            return Ok(Linked::Done);
+        }
+    }
+    if sm.nlink() != 1 {
+        return Ok(Linked::Unsupported);
+    }
+    if let Err(e) = fs::hard_link(src, tmp) {
+        return match e.raw_os_error() {
+            Some(c)
+                if [
+                    libc::EXDEV,
+                    libc::EPERM,
+                    libc::EOPNOTSUPP,
+                    libc::EMLINK,
+                    libc::ENOSYS,
+                ]
+                .contains(&c) =>
+            {
+                Ok(Linked::Unsupported)
+            }
+            _ if fs::symlink_metadata(src).is_err() => Err(CopyError::Source(e)),
+            _ => Err(CopyError::Target(e)),
+        };
+    }
+    let r = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)
+            .map_err(CopyError::Target)?;
+        let m = f.metadata().map_err(CopyError::Target)?;
+        if m.dev() != sm.dev() || m.ino() != sm.ino() {
+            return Err(CopyError::Mismatch(format!(
+                "{} is not the linked file",
+                tmp.display()
+            )));
+        }
+        if m.len() != expect_size {
+            return Err(CopyError::Mismatch(format!(
+                "link verification failed: {} has {} bytes; expected {expect_size}",
+                src.display(),
+                m.len()
+            )));
+        }
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(CopyError::Target)?;
+        if let Some(t) = mtime {
+            let ts = nix::sys::time::TimeSpec::new(t, 0);
+            let _ = nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&f), &ts, &ts);
+        }
+        f.sync_all().map_err(CopyError::Target)?;
+        drop(f);
+        fs::rename(tmp, dst).map_err(CopyError::Target)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    r.map(|()| Linked::Done)
 }
 
 /// Open a spool file for reading without following a symlink; refuse anything
@@ -368,5 +578,106 @@ mod tests {
             spool_error("read", &root.join("gone"), e),
             StepError::Gone
         ));
+    }
+
+    /// Measurement, not a test (BENCHMARKS.md, "archive copy"): CPU of this thread
+    /// for (b) `copy_sparse` + one re-read hashed against the known BLAKE3, against
+    /// (a) one read pass hashed and written from user space (with and without a
+    /// re-read). Run: `cargo test --release --lib -- --ignored --nocapture
+    /// measure_archive_copy` (`MEASURE_DIR` picks the file system, default /tmp).
+    #[test]
+    #[ignore]
+    fn measure_archive_copy() {
+        use std::io::{Read, Seek, Write};
+        fn cpu() -> f64 {
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage fills the struct we own.
+            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+            let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+            t(u.ru_utime) + t(u.ru_stime)
+        }
+        let base = std::env::var("MEASURE_DIR").unwrap_or_else(|_| "/tmp".into());
+        let t = tempfile::tempdir_in(base).unwrap();
+        let src = t.path().join("src");
+        let mb = 256usize;
+        let mut f = File::create(&src).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        for i in 0..mb {
+            let mut c = chunk.clone();
+            c[0] = i as u8;
+            f.write_all(&c).unwrap();
+        }
+        f.sync_all().unwrap();
+        let (hash, size) = hash_file(&src).unwrap();
+        let dst = t.path().join("dst");
+        let mode_b = || {
+            let input = open_nofollow(&src).unwrap();
+            let mut out = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&dst)
+                .unwrap();
+            copy_sparse(&input, &out).unwrap();
+            out.sync_all().unwrap();
+            out.seek(io::SeekFrom::Start(0)).unwrap();
+            assert_eq!(hash_reader(&mut out).unwrap(), (hash.clone(), size));
+        };
+        let mode_a = |verify: bool| {
+            let mut input = open_nofollow(&src).unwrap();
+            let mut out = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&dst)
+                .unwrap();
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let k = input.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                out.write_all(&buf[..k]).unwrap();
+            }
+            assert_eq!(h.finalize().to_hex().to_string(), hash);
+            out.sync_all().unwrap();
+            if verify {
+                out.seek(io::SeekFrom::Start(0)).unwrap();
+                assert_eq!(hash_reader(&mut out).unwrap(), (hash.clone(), size));
+            }
+        };
+        let mut res: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+            ("b: copy_file_range + re-read", vec![], vec![]),
+            ("a: read+hash+write", vec![], vec![]),
+            ("a: read+hash+write + re-read", vec![], vec![]),
+        ];
+        for _ in 0..5 {
+            for (i, r) in res.iter_mut().enumerate() {
+                let _ = fs::remove_file(&dst);
+                let (c0, w0) = (cpu(), std::time::Instant::now());
+                match i {
+                    0 => mode_b(),
+                    1 => mode_a(false),
+                    _ => mode_a(true),
+                }
+                r.1.push(cpu() - c0);
+                r.2.push(w0.elapsed().as_secs_f64());
+            }
+        }
+        for (name, mut c, mut w) in res {
+            c.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            w.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "{name:32} CPU s/GiB median {:.3} (min {:.3} max {:.3}); wall s/GiB median {:.3}",
+                c[2] * 1024.0 / mb as f64,
+                c[0] * 1024.0 / mb as f64,
+                c[4] * 1024.0 / mb as f64,
+                w[2] * 1024.0 / mb as f64
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! `Spool::begin/complete/commit`, `run` is started in the test's runtime.
 
 use super::*;
-use crate::spool::{Incoming, QUARANTINE, WORK};
+use crate::spool::{Incoming, DATA, QUARANTINE, WORK};
 use std::fs;
 use std::path::Path;
 use std::time::Instant;
@@ -19,11 +19,17 @@ impl Env {
     }
 
     fn with_archive(extra: &str, archive: Option<&str>) -> Env {
+        Env::with_targets(extra, archive.map(Path::new), None)
+    }
+
+    /// `archive` and `forward` relative to the test's directory, or absolute.
+    fn with_targets(extra: &str, archive: Option<&Path>, forward: Option<&Path>) -> Env {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         let archive = archive
             .map(|a| d.join(a))
             .unwrap_or_else(|| d.join("archive"));
+        let forward = forward.map(|f| d.join(f)).unwrap_or_else(|| d.join("out"));
         let text = format!(
             "node_id = \"n1\"\n[spool]\ndir = \"{}\"\nmin_free = \"0\"\n\
              [archive]\ndir = \"{}\"\n[forward]\ndir = \"{}\"\n\
@@ -31,7 +37,7 @@ impl Env {
              [pipeline]\nrescan_interval = \"200ms\"\n{extra}\n",
             d.join("spool").display(),
             archive.display(),
-            d.join("out").display(),
+            forward.display(),
         );
         let cfg = Arc::new(Config::parse(&text, d).unwrap());
         let spool = Arc::new(Spool::open(&cfg.spool.dir, "n1", 1 << 30, 0).unwrap());
@@ -545,4 +551,214 @@ async fn corrupt_state_is_a_counted_failure_not_a_hot_loop() {
         env.forwarded(),
         [(format!("{}__torn.txt", r.id), b"torn state".to_vec())]
     );
+}
+
+/// A tmpfs mounted for one test (another file system than the spool's), unmounted
+/// when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let d = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount tmpfs (the test needs root, as CI runs)"
+        );
+        Tmpfs(d)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+fn ino(p: &Path) -> (u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(p).unwrap();
+    (m.dev(), m.ino(), m.nlink())
+}
+
+/// Land a sparse file: 4 KiB of data at 0 and at 8 MiB, 16 MiB long.
+fn land_sparse(spool: &Spool, name: &str) -> (crate::core::record::Record, Vec<u8>) {
+    let mut p = spool
+        .begin(Incoming {
+            user: "alice".into(),
+            path: name.into(),
+            mode: 0o644,
+            mtime: Some(1_600_000_000),
+            atime: None,
+            remote_addr: "127.0.0.1:9".into(),
+            protocol: "sftp",
+        })
+        .unwrap();
+    let (a, b) = (vec![b'a'; 4096], vec![b'b'; 4096]);
+    p.write_at(0, &a).unwrap();
+    p.write_at(8 << 20, &b).unwrap();
+    p.set_len(16 << 20).unwrap();
+    let rec = spool.commit(vec![p.complete().unwrap()]).unwrap().remove(0);
+    let mut want = vec![0u8; 16 << 20];
+    want[..4096].copy_from_slice(&a);
+    want[8 << 20..(8 << 20) + 4096].copy_from_slice(&b);
+    (rec, want)
+}
+
+/// Bytes actually allocated to a file.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Same file system: the forwarded file is the landed inode (no copy), and it keeps
+/// that inode as its only link once the entry is removed; the archive is a copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_on_the_same_fs_is_a_hard_link_that_outlives_the_entry() {
+    let env = Env::new("");
+    let rec = env.land("a/linked.bin", b"zero copy");
+    let data = env.spool.dir(READY).join(&rec.id).join("data");
+    let (dev, landed_ino, nlink) = ino(&data);
+    assert_eq!(nlink, 1);
+    let (tx, h) = env.start();
+    wait_until("forwarded", Duration::from_secs(20), || env.spool_empty()).await;
+    stop(tx, h).await;
+    let fwd = env
+        .cfg
+        .forward
+        .dir
+        .join(format!("{}__{}", rec.id, rec.file_name()));
+    assert_eq!(fs::read(&fwd).unwrap(), b"zero copy");
+    assert_eq!(
+        ino(&fwd),
+        (dev, landed_ino, 1),
+        "same inode, now its only link"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let m = fs::metadata(&fwd).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, env.cfg.forward.file_mode.0);
+    assert_eq!(
+        m.modified().unwrap(),
+        std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+    );
+    let a = archive::archive_path(&env.cfg, &rec).unwrap();
+    assert_ne!(ino(&a).1, landed_ino, "the archive is a copy");
+    assert_eq!(fs::read(&a).unwrap(), b"zero copy");
+    assert_eq!(env.forwarded().len(), 1, "no temporary names left");
+}
+
+/// Archive and forward on another file system (a tmpfs): no link is possible,
+/// copy_file_range refuses (EXDEV) and the copy falls back to read/write; holes
+/// are kept on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_fs_falls_back_to_a_sparse_copy() {
+    let mnt = Tmpfs::mount();
+    let (arch, out) = (mnt.path().join("archive"), mnt.path().join("out"));
+    let env = Env::with_targets("", Some(&arch), Some(&out));
+    let plain = env.land("plain.txt", b"copied");
+    let data = env.spool.dir(READY).join(&plain.id).join("data");
+    let landed = ino(&data);
+    let (sparse, want) = land_sparse(&env.spool, "sparse.bin");
+    let (tx, h) = env.start();
+    wait_until("forwarded", Duration::from_secs(20), || env.spool_empty()).await;
+    stop(tx, h).await;
+    let fwd = out.join(format!("{}__plain.txt", plain.id));
+    assert_eq!(fs::read(&fwd).unwrap(), b"copied");
+    assert_ne!(ino(&fwd).0, landed.0, "on the tmpfs");
+    let sfwd = out.join(format!("{}__sparse.bin", sparse.id));
+    let sarch = archive::archive_path(&env.cfg, &sparse).unwrap();
+    for p in [&sfwd, &sarch] {
+        assert!(fs::read(p).unwrap() == want, "{}", p.display());
+        assert!(
+            allocated(p) < 1 << 20,
+            "{} not sparse: {}",
+            p.display(),
+            allocated(p)
+        );
+    }
+    assert_eq!(env.forwarded().len(), 2);
+    drop(env);
+}
+
+/// On the spool's own file system (kernel copy): the archive copy keeps the holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_copy_keeps_holes() {
+    let env = Env::new("");
+    let (rec, want) = land_sparse(&env.spool, "sparse.bin");
+    assert!(allocated(&env.spool.dir(READY).join(&rec.id).join("data")) < 1 << 20);
+    let (tx, h) = env.start();
+    wait_until("forwarded", Duration::from_secs(20), || env.spool_empty()).await;
+    stop(tx, h).await;
+    let a = archive::archive_path(&env.cfg, &rec).unwrap();
+    assert!(fs::read(&a).unwrap() == want);
+    assert!(
+        allocated(&a) < 1 << 20,
+        "archive not sparse: {}",
+        allocated(&a)
+    );
+}
+
+/// Crashes around a linked delivery: after the link to the temporary name, after
+/// the rename into place (before the entry was removed), and during the removal.
+/// After the restart each file is delivered exactly once, as the landed inode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_forward_resumes_from_every_crash_point() {
+    let env = Env::new("");
+    let root = env.spool.root().to_path_buf();
+    let fdir = env.cfg.forward.dir.clone();
+    fs::create_dir_all(&fdir).unwrap();
+    fs::create_dir_all(&env.cfg.archive.dir).unwrap();
+    let mut want = Vec::new();
+    let mut inos = Vec::new();
+    for (i, name) in ["tmp-linked", "renamed", "removed"].iter().enumerate() {
+        let body = format!("body {i}").into_bytes();
+        let r = env.land(name, &body);
+        archive::archive(&env.cfg, &root, &r.id, PROCESSED).unwrap();
+        let data = root.join(PROCESSED).join(&r.id).join(DATA);
+        inos.push(ino(&data).1);
+        let dst = fdir.join(format!("{}__{name}", r.id));
+        match i {
+            0 => fs::hard_link(&data, fdir.join(format!(".ingestd-{}-0.tmp", r.id))).unwrap(),
+            1 => fs::hard_link(&data, &dst).unwrap(),
+            _ => {
+                // delivered, and the removal stopped with the entry renamed into work/
+                fs::hard_link(&data, &dst).unwrap();
+                fs::rename(
+                    root.join(PROCESSED).join(&r.id),
+                    root.join(WORK).join(format!("{}.done-x", r.id)),
+                )
+                .unwrap();
+            }
+        }
+        want.push((dst.file_name().unwrap().to_str().unwrap().to_string(), body));
+    }
+    let Env { t, cfg, spool } = env;
+    drop(spool);
+    let spool = Arc::new(Spool::open(&cfg.spool.dir, "n1", 1 << 30, 0).unwrap());
+    let env = Env { t, cfg, spool };
+    let (tx, h) = env.start();
+    wait_until("all done", Duration::from_secs(20), || env.spool_empty()).await;
+    stop(tx, h).await;
+    want.sort();
+    assert_eq!(
+        env.forwarded(),
+        want,
+        "each delivered once, no temporary names"
+    );
+    let mut got: Vec<_> = want.iter().map(|(n, _)| ino(&fdir.join(n))).collect();
+    got.sort();
+    let mut exp: Vec<_> = inos.iter().map(|i| (got[0].0, *i, 1)).collect();
+    exp.sort();
+    assert_eq!(got, exp, "the landed inodes, each its only link");
 }

@@ -17,6 +17,8 @@
 //! All blocking functions here must run off the SSH connection loop
 //! (`spawn_blocking` or a dedicated thread).
 
+pub mod commit;
+
 use crate::core::naming;
 use crate::core::record::Record;
 use std::fs::{self, File, OpenOptions};
@@ -85,6 +87,8 @@ pub struct Spool {
     names: Option<(PathBuf, String)>,
     /// Ids the archive stage must not take yet (see [`Spool::hold`]).
     held: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The group-commit thread of [`Spool::commit_one`], started on first use.
+    committer: std::sync::OnceLock<commit::Committer>,
     /// `spool/.lock`, flocked for the life of the `Spool`.
     _lock: File,
 }
@@ -184,6 +188,7 @@ impl Spool {
             free_cache: std::sync::Mutex::new(None),
             names: None,
             held: std::sync::Mutex::new(std::collections::HashSet::new()),
+            committer: std::sync::OnceLock::new(),
             _lock: lock,
         })
     }
@@ -333,21 +338,30 @@ impl Spool {
     /// protocol it may report success. One group commit: all file fsyncs are issued
     /// together, then the renames, then one fsync of each directory involved.
     pub fn commit(&self, staged: Vec<Staged>) -> io::Result<Vec<Record>> {
-        if staged.is_empty() {
-            return Ok(Vec::new());
-        }
-        sync_all_parallel(&staged)?;
-        let ready = self.dir(READY);
-        for s in &staged {
-            fs::rename(&s.dir, ready.join(&s.record.id))?;
-        }
-        // (each Staged is dropped below; its partial path no longer exists)
-        // One journal commit covers both directories; the second fsync is then cheap.
-        fsync_dir(&ready)?;
-        fsync_dir(&self.dir(PARTIAL))?;
-        self.wake.notify_one();
-        Ok(staged.iter().map(|s| s.record.clone()).collect())
+        commit_group(&self.dir(READY), &self.dir(PARTIAL), &self.wake, staged)
     }
+}
+
+/// [`Spool::commit`] (also run by the group-commit thread, [`commit`]).
+fn commit_group(
+    ready: &Path,
+    partial: &Path,
+    wake: &Notify,
+    staged: Vec<Staged>,
+) -> io::Result<Vec<Record>> {
+    if staged.is_empty() {
+        return Ok(Vec::new());
+    }
+    sync_all_parallel(&staged)?;
+    for s in &staged {
+        fs::rename(&s.dir, ready.join(&s.record.id))?;
+    }
+    // (each Staged is dropped below; its partial path no longer exists)
+    // One journal commit covers both directories; the second fsync is then cheap.
+    fsync_dir(ready)?;
+    fsync_dir(partial)?;
+    wake.notify_one();
+    Ok(staged.iter().map(|s| s.record.clone()).collect())
 }
 
 /// At most this many fsyncs of one group commit are in flight at once.

@@ -266,14 +266,12 @@ impl Io {
                 };
                 let started = staged.started;
                 let spool = self.shared.spool.clone();
-                match tokio::task::spawn_blocking(move || spool.commit(vec![staged])).await {
-                    Ok(Ok(mut recs)) if !recs.is_empty() => {
-                        self.shared.landed(&recs.remove(0), started);
+                match spool.commit_one(staged).await {
+                    Ok(rec) => {
+                        self.shared.landed(&rec, started);
                         Outcome::Ok
                     }
-                    Ok(Ok(_)) => failed("ingestd: cannot store file durably"),
-                    Ok(Err(e)) => failed(format!("ingestd: cannot store file durably: {e}")),
-                    Err(e) => failed(e),
+                    Err(e) => failed(format!("ingestd: cannot store file durably: {e}")),
                 }
             }
             Effect::Park { up, meta } => {
