@@ -369,7 +369,10 @@ const SFTP_CASES: &[(&str, &[&str])] = &[
     ("ssh_x11_channel", &["prohibited", "unknown channel type"]),
     ("ssh_x11_request", &["closed", "refused", "denied"]),
     ("ssh_shell", &["no shell here"]),
-    ("ssh_unknown_channel_type", &["unknown channel type"]),
+    (
+        "ssh_unknown_channel_type",
+        &["unknown channel type", "prohibited"],
+    ),
     ("ssh_global_request", &["refused"]),
 ];
 

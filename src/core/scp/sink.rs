@@ -746,13 +746,19 @@ impl Sink {
                 if !self.cfg.args.recursive {
                     return self.fatal("received a directory without -r");
                 }
-                if self.stack.len() >= crate::core::naming::MAX_DEPTH {
-                    let max = crate::core::naming::MAX_DEPTH;
-                    return self.fatal(&format!(
-                        "directories nested too deep (this server accepts at most {max} levels)"
-                    ));
-                }
                 let path = self.item_path(&name);
+                if self.stack.len() >= crate::core::naming::MAX_DEPTH {
+                    // Refused like a file: OpenSSH's source then skips the whole
+                    // subtree, so the rest of the tree still lands; the stack (and
+                    // its memory) never grows past the limit.
+                    let max = crate::core::naming::MAX_DEPTH;
+                    self.warn(
+                        &path,
+                        &format!("directories nested too deep (this server accepts at most {max} levels)"),
+                    );
+                    self.times = None;
+                    return;
+                }
                 if path.len() > vpath::MAX_PATH {
                     return self.fatal(&PathError::PathTooLong { len: path.len() }.to_string());
                 }
