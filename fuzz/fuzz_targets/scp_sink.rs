@@ -21,7 +21,18 @@ use ingestd::core::scp::sink::{Action, Event, Sink, SinkConfig, MAX_LISTED};
 use ingestd::core::vpath::{self, MAX_PATH};
 use libfuzzer_sys::fuzz_target;
 
-const TARGETS: &[&str] = &[".", "", "x", "a/b/", "../x", "/", "~/z", "t/.", "d/../e", "/abs/dir/"];
+const TARGETS: &[&str] = &[
+    ".",
+    "",
+    "x",
+    "a/b/",
+    "../x",
+    "/",
+    "~/z",
+    "t/.",
+    "d/../e",
+    "/abs/dir/",
+];
 
 /// The fuzzer's choices, in order; 0 once used up.
 struct Ctl<'a>(&'a [u8]);
@@ -65,7 +76,11 @@ fn check_send(b: &[u8]) {
     let msg = std::str::from_utf8(&b[1..b.len() - 1]).expect("UTF-8 message");
     assert!(msg.starts_with("scp: "), "{msg:?}");
     assert!(!msg.chars().any(char::is_control), "{msg:?}");
-    assert!(b.len() <= 2 * (MAX_PATH + MAX_LINE) + 1024, "message of {} bytes", b.len());
+    assert!(
+        b.len() <= 2 * (MAX_PATH + MAX_LINE) + 1024,
+        "message of {} bytes",
+        b.len()
+    );
 }
 
 impl Sim<'_> {
@@ -93,7 +108,11 @@ impl Sim<'_> {
             Action::Send(b) => check_send(&b),
             Action::Stderr(s) => {
                 assert!(!s.chars().any(char::is_control), "{s:?}");
-                assert!(s.len() <= 64 * 1024 + MAX_LISTED * (MAX_PATH + 8), "{}", s.len());
+                assert!(
+                    s.len() <= 64 * 1024 + MAX_LISTED * (MAX_PATH + 8),
+                    "{}",
+                    s.len()
+                );
             }
             Action::StartFile(f) => {
                 assert!(self.file.is_none(), "two files at once: {f:?}");
@@ -188,7 +207,11 @@ fuzz_target!(|data: &[u8]| {
         verbose: flags & 8 != 0,
         target: TARGETS[(params % 16) as usize % TARGETS.len()].into(),
     };
-    let max_file_size = if flags & 32 != 0 { (params >> 4) as u64 } else { u64::MAX };
+    let max_file_size = if flags & 32 != 0 {
+        (params >> 4) as u64
+    } else {
+        u64::MAX
+    };
     let mut cfg = SinkConfig::new(args, flags & 16 != 0, max_file_size);
     if flags & 64 != 0 {
         cfg.group_max_files = 1 + (params & 3) as usize;

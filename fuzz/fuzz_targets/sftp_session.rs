@@ -199,7 +199,9 @@ struct Sim<'a> {
 impl Sim<'_> {
     fn io(&mut self, e: Effect) -> Outcome {
         match e {
-            Effect::Begin { up, path, admit, .. } => {
+            Effect::Begin {
+                up, path, admit, ..
+            } => {
                 assert!(confined(&path), "begin {path:?}");
                 assert!(!self.ups.contains_key(&up), "upload {up:?} reused");
                 let _ = admit;
@@ -214,13 +216,17 @@ impl Sim<'_> {
                 let u = self.ups.get_mut(&up).expect("a write to a live upload");
                 assert!(!u.parked, "a write to a parked upload");
                 let (o, sent) = self.writing.as_ref().expect("a write outside WRITE");
-                let at = offset.checked_sub(*o).expect("written before the WRITE's offset") as usize;
+                let at = offset
+                    .checked_sub(*o)
+                    .expect("written before the WRITE's offset") as usize;
                 assert_eq!(
                     sent.get(at..at + data.len()),
                     Some(&data[..]),
                     "written bytes are not the bytes sent"
                 );
-                let end = offset.checked_add(data.len() as u64).expect("offset overflow");
+                let end = offset
+                    .checked_add(data.len() as u64)
+                    .expect("offset overflow");
                 assert!(end <= self.max_file_size, "a write past max_file_size");
                 u.write(offset, end);
                 self.ctl.outcome()
@@ -242,7 +248,12 @@ impl Sim<'_> {
                 assert!(confined(&meta.path), "park {:?}", meta.path);
                 let u = self.ups.get_mut(&up).expect("park a live upload");
                 assert!(!u.parked, "parked twice");
-                assert!(u.whole(), "a parked upload has a hole: {:?} of {}", u.written, u.len);
+                assert!(
+                    u.whole(),
+                    "a parked upload has a hole: {:?} of {}",
+                    u.written,
+                    u.len
+                );
                 let o = self.ctl.outcome();
                 if o == Outcome::Ok {
                     u.parked = true;
@@ -283,7 +294,12 @@ impl Sim<'_> {
     }
 
     fn land(&mut self, u: &Up, path: &str) -> Outcome {
-        assert!(u.whole(), "{path:?} lands with a hole: {:?} of {}", u.written, u.len);
+        assert!(
+            u.whole(),
+            "{path:?} lands with a hole: {:?} of {}",
+            u.written,
+            u.len
+        );
         assert!(u.len <= self.max_file_size, "{path:?}: {} bytes", u.len);
         let o = self.ctl.outcome();
         if o == Outcome::Ok {
@@ -314,7 +330,11 @@ impl Sim<'_> {
                 }
             }
         };
-        assert!(self.view.adds <= 1, "one request made {} directories", self.view.adds);
+        assert!(
+            self.view.adds <= 1,
+            "one request made {} directories",
+            self.view.adds
+        );
         // The request id the reply must carry (a malformed request is answered with 0).
         let bad = matches!(&reply, Packet::Status(s) if s.status_code == StatusCode::BadMessage);
         let expect = match &parsed {
@@ -329,7 +349,11 @@ impl Sim<'_> {
     }
 
     fn check(&self) {
-        assert!(self.s.open_count() <= MAX_HANDLES, "{} open", self.s.open_count());
+        assert!(
+            self.s.open_count() <= MAX_HANDLES,
+            "{} open",
+            self.s.open_count()
+        );
         assert_eq!(self.s.unfinished(), self.ups.len(), "uploads out of step");
     }
 }
@@ -401,7 +425,11 @@ fuzz_target!(|data: &[u8]| {
         let end = (i + len).min(stream.len());
         dec.push(&stream[i..end]);
         i = end;
-        assert!(dec.buffered() <= MAX_PACKET + 1024 + 4, "decoder holds {}", dec.buffered());
+        assert!(
+            dec.buffered() <= MAX_PACKET + 1024 + 4,
+            "decoder holds {}",
+            dec.buffered()
+        );
         while let Some(frame) = dec.next_frame() {
             let (reply, expect) = match frame {
                 Frame::TooLarge(p) => (p, None),
