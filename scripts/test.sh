@@ -79,6 +79,15 @@ if ! bash scripts/check-layers.sh; then
   failed+=("check-layers")
 fi
 
+# --- fuzzing (fuzz/, scripts/fuzz.sh; docs/fuzzing.md) -----------------------------
+step "fuzz (every cargo-fuzz target in fuzz/ for 30 s; nightly, or stable with RUSTC_BOOTSTRAP=1)"
+# The first build of the instrumented crate takes several minutes on 2 cores.
+# A crash fails the step; its input is kept under fuzz/artifacts/<target>/.
+if ! FUZZ_SECS=30 timeout --kill-after=30s 25m bash scripts/fuzz.sh; then
+  failed+=("fuzz")
+fi
+# --- end of the fuzz block ---------------------------------------------------------
+
 step "cargo clippy --all-targets -- -D warnings"
 if ! cargo clippy --all-targets -- -D warnings; then
   failed+=("cargo clippy")

@@ -766,6 +766,23 @@ fn non_utf8_names_are_refused_clearly() {
     assert_eq!(s.exit, Some(1));
 }
 
+/// Found by the `scp_sink` fuzz target (its own check was wrong, not the sink):
+/// a file may be named `~`. Its path is "~", which names it in the absolute form
+/// the node answers with ("/~"); a relative "~" means the root, by design.
+#[test]
+fn a_file_named_tilde_is_stored_under_its_name() {
+    let s = run_session(cfg(args(false, false, false, ".")), b"C0600 3 ~\nabc\0");
+    assert_eq!(s.landed_paths(), ["~"]);
+    assert_eq!(s.exit, Some(0));
+    assert_eq!(vpath::resolve("", "/~").as_deref(), Ok("~"));
+    let s = run_session(
+        cfg(args(true, false, false, ".")),
+        b"D0755 0 ~\nC0600 1 ~\nx\0E\n",
+    );
+    assert_eq!(s.landed_paths(), ["~/~"]);
+    assert_eq!(vpath::resolve("", "/~/~").as_deref(), Ok("~/~"));
+}
+
 // ---------------------------------------------------------------------------
 // fuzz
 

@@ -326,6 +326,11 @@ impl Decoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// Bytes held for a packet not yet complete (at most one packet's worth).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn next_frame(&mut self) -> Option<Frame> {
         if self.skip > 0 || self.buf.len() < 4 {
             return None;
