@@ -5,8 +5,12 @@
 #                              and real OpenSSH/paramiko/curl/JSch clients)
 #   3. the power-cut test (tests/powercut/run.sh: qemu guest, power cuts during
 #      uploads and the pipeline, recovery boots, controls that must lose files)
-#   4. cargo clippy --all-targets -- -D warnings
-#   5. cargo fmt --check
+#   4. the director configs (keepalived -t, haproxy -c), the namespace pool lab
+#      (tests/lab/) and the director files on real IPVS (tests/ipvs-vm/)
+#   5. the layering check (scripts/check-layers.sh)
+#   6. fuzzing: every cargo-fuzz target for 30 s (scripts/fuzz.sh, docs/fuzzing.md)
+#   7. cargo clippy --all-targets -- -D warnings
+#   8. cargo fmt --check
 # Exits non-zero if any step fails. Every step runs even after an earlier failure
 # (except that nothing runs when the dependencies cannot be installed), so one run
 # reports everything. Tests never skip for a missing tool: they fail.
