@@ -394,6 +394,28 @@ async fn wait_for_stop(mut on_hup: impl FnMut()) {
     }
 }
 
+/// Raise the soft open-file limit to the hard one (as systemd's LimitNOFILE
+/// sets both, this matters when run by hand) and warn when it leaves too little
+/// room for `ssh.max_open_files` uploads plus connections and the pipeline.
+fn raise_open_file_limit(max_open_files: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |l| l.0);
+    let want = 2 * max_open_files as u64 + 1024;
+    if soft < want {
+        tracing::warn!(
+            limit = soft,
+            wanted = want,
+            "the open-file limit is low for ssh.max_open_files (each upload holds a file, each connection a socket): raise LimitNOFILE or lower ssh.max_open_files"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,27 +464,5 @@ mod tests {
         assert_eq!(token("a b"), "\"a b\"");
         assert_eq!(token("\"a b\""), "\"a b\"");
         assert_eq!(token("\"a\" b=\"c\""), "\"\\\"a\\\" b=\\\"c\\\"\"");
-    }
-}
-
-/// Raise the soft open-file limit to the hard one (as systemd's LimitNOFILE
-/// sets both, this matters when run by hand) and warn when it leaves too little
-/// room for `ssh.max_open_files` uploads plus connections and the pipeline.
-fn raise_open_file_limit(max_open_files: usize) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    if soft < hard {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |l| l.0);
-    let want = 2 * max_open_files as u64 + 1024;
-    if soft < want {
-        tracing::warn!(
-            limit = soft,
-            wanted = want,
-            "the open-file limit is low for ssh.max_open_files (each upload holds a file, each connection a socket): raise LimitNOFILE or lower ssh.max_open_files"
-        );
     }
 }
