@@ -30,16 +30,6 @@ fn good_upload(node: &Node, name: &str) -> Duration {
     took
 }
 
-fn rss_kib(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 fn count(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
 }
@@ -50,7 +40,7 @@ fn idle_preauth_flood_does_not_lock_senders_out() {
         ssh_extra: "max_sessions = 4\n".into(),
         ..NodeOpts::held()
     });
-    let rss0 = rss_kib(&node);
+    let rss0 = node.rss_kib();
     let mut held = Vec::new();
     for _ in 0..500 {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", node.port)) {
@@ -94,7 +84,7 @@ fn idle_preauth_flood_does_not_lock_senders_out() {
         open <= 64,
         "{open} pre-auth connections still open (max_startups 64)"
     );
-    let rss1 = rss_kib(&node);
+    let rss1 = node.rss_kib();
     eprintln!("pre-auth flood: 500 held, {open} still open, good sender in {took:?}, RSS {rss0} -> {rss1} KiB");
     assert!(rss1 < rss0 + 64 * 1024, "RSS bounded: {rss0} -> {rss1} KiB");
     assert!(
@@ -562,7 +552,7 @@ struct Mem {
 fn mem(node: &Node) -> Mem {
     let pid = node.pid().unwrap();
     Mem {
-        rss: rss_kib(node),
+        rss: node.rss_kib(),
         fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count(),
@@ -571,16 +561,6 @@ fn mem(node: &Node) -> Mem {
 
 fn reset_peak(node: &Node) {
     std::fs::write(format!("/proc/{}/clear_refs", node.pid().unwrap()), "5").unwrap();
-}
-
-fn peak_kib(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 /// A flood held open by tests/abuse/flood.py until dropped.
@@ -634,7 +614,7 @@ impl Flood {
 const FLOOD_RSS_BOUND_KIB: u64 = 256 * 1024;
 
 fn check_flood(node: &Node, what: &str, before: &Mem, during_good: Duration) {
-    let peak = peak_kib(node);
+    let peak = node.peak_kib();
     let after_start = Instant::now();
     // Give the node a moment to release what the attacker held.
     let settled = poll(Duration::from_secs(20), || {

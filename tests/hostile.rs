@@ -24,16 +24,6 @@ const RSS_BOUND_KIB: u64 = 256 * 1024;
 
 const PYTHON: &str = "/usr/bin/python3";
 
-fn rss_kib(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Checks 2-4 after one case; returns what failed.
 fn after_case(node: &Node, token: &str) -> Vec<String> {
     let mut bad = Vec::new();
@@ -60,7 +50,7 @@ fn after_case(node: &Node, token: &str) -> Vec<String> {
     if !landed.is_empty() {
         bad.push(format!("attack files landed: {landed:?}"));
     }
-    let rss = rss_kib(node);
+    let rss = node.rss_kib();
     if rss > RSS_BOUND_KIB {
         bad.push(format!("RSS {rss} KiB over the bound {RSS_BOUND_KIB} KiB"));
     }

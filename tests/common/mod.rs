@@ -661,6 +661,28 @@ impl Node {
         v
     }
 
+    /// A `kB` field of the daemon's /proc/<pid>/status (e.g. "VmRSS").
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.pid().unwrap();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    }
+
+    /// The daemon's resident memory now, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// The daemon's peak resident memory (since start or the last reset), KiB.
+    pub fn peak_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
     /// The body of `GET path` on the node's health/metrics listener (curl).
     pub fn http_get(&self, path: &str) -> String {
         let out = Command::new(require_tool("curl"))
