@@ -34,6 +34,8 @@ PACKAGES=(
   "binutils cmd:strip"
   # SFTP append tests mount the node with sshfs
   "sshfs pkg"
+  # rsync over sshfs writes ".name.XXXXXX" and renames it (tests/sftp.rs)
+  "rsync pkg"
   # ops tests: promtool checks /metrics and the alert rules; systemd-analyze verify
   "prometheus cmd:promtool"
   "systemd cmd:systemd-analyze"

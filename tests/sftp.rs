@@ -1489,30 +1489,10 @@ fn sshfs_append_is_refused() {
     let node = held();
     require_tool("sshfs");
     require_tool("fusermount3");
-    let mnt = node.src.join("mnt");
-    fs::create_dir_all(&mnt).unwrap();
     let first = node.src.join("first.txt");
     write_file(&first, &random_bytes(100_000, 3));
     sftp_batch_ok(&node, "put first.txt log.txt\n");
-    let mut v = argv(&["sshfs", "-p", &node.port.to_string()]);
-    v.extend(argv(&[
-        "-o",
-        &format!(
-            "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes",
-            path_str(&node.key)
-        ),
-        &format!("{USER}@127.0.0.1:"),
-        path_str(&mnt),
-    ]));
-    let out = run(&v, &node.src);
-    require_ok(&node, "sshfs mount", &out);
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(mnt.clone());
+    let (mnt, _u) = mount_sshfs(&node);
     // `echo more >> log.txt`
     let out = run(
         &argv(&[
@@ -1533,6 +1513,98 @@ fn sshfs_append_is_refused() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(zero_prefixed(&node).is_empty());
     assert_landed_paths(&node, &["log.txt"]);
+}
+
+/// Unmounts an sshfs mount when dropped.
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// Mount the node's SFTP root with the real sshfs at `src/mnt`.
+fn mount_sshfs(node: &Node) -> (PathBuf, Unmount) {
+    require_tool("sshfs");
+    require_tool("fusermount3");
+    let mnt = node.src.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut v = argv(&["sshfs", "-p", &node.port.to_string()]);
+    v.extend(argv(&[
+        "-o",
+        &format!(
+            "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes",
+            path_str(&node.key)
+        ),
+        &format!("{USER}@127.0.0.1:"),
+        path_str(&mnt),
+    ]));
+    let out = run(&v, &node.src);
+    require_ok(node, "sshfs mount", &out);
+    let u = Unmount(mnt.clone());
+    (mnt, u)
+}
+
+/// rsync writes `.name.XXXXXX` and renames it to `name` (here through sshfs):
+/// the default `temp_patterns` park the temporary name and the file lands once,
+/// under its final name. A plain dot-file (`.env`) is an ordinary name and lands
+/// at CLOSE; a false positive (`.a.backup`, never renamed) lands under its own
+/// name when the session ends.
+#[test]
+fn rsync_over_sshfs_lands_under_the_final_name() {
+    let node = held();
+    require_tool("rsync");
+    let data = random_bytes(300_000, 17);
+    write_file(&node.src.join("report.csv"), &data);
+    let env = b"KEY=value\n".to_vec();
+    write_file(&node.src.join(".env"), &env);
+    let backup = random_bytes(5_000, 18);
+    write_file(&node.src.join(".a.backup"), &backup);
+    {
+        let (mnt, _u) = mount_sshfs(&node);
+        let out = run(
+            &argv(&[
+                "rsync",
+                "--verbose",
+                "report.csv",
+                &format!("{}/", mnt.display()),
+            ]),
+            &node.src,
+        );
+        require_ok(&node, "rsync into the sshfs mount", &out);
+        // a plain dot-file, copied as any program would
+        let out = run(
+            &argv(&["cp", ".env", ".a.backup", &format!("{}/", mnt.display())]),
+            &node.src,
+        );
+        require_ok(&node, "cp .env .a.backup into the sshfs mount", &out);
+        // `.env` landed at CLOSE, while the session is still open
+        let landed_env = poll(Duration::from_secs(10), || {
+            node.landed().into_iter().find(|e| e.record.path == ".env")
+        });
+        assert!(
+            landed_env.is_some(),
+            ".env lands at CLOSE; log:\n{}",
+            node.log()
+        );
+    }
+    // unmounted: the session ended, the false positive lands under its own name
+    let all = poll(Duration::from_secs(10), || {
+        let l = node.landed();
+        (l.len() >= 3).then_some(l)
+    })
+    .unwrap_or_else(|| node.landed());
+    let mut got = paths(&all);
+    got.sort();
+    assert_eq!(
+        got,
+        [".a.backup", ".env", "report.csv"],
+        "exactly the final names land, each once (no rsync temporary name); log:\n{}",
+        node.log()
+    );
+    assert_entry(find_one(&all, "report.csv"), &data, "report.csv", "sftp");
+    assert_entry(find_one(&all, ".env"), &env, ".env", "sftp");
+    assert_entry(find_one(&all, ".a.backup"), &backup, ".a.backup", "sftp");
 }
 
 #[test]

@@ -279,6 +279,9 @@ impl Default for SpoolConfig {
     }
 }
 
+/// The default `sftp.temp_patterns`.
+pub const DEFAULT_TEMP_PATTERNS: &[&str] = &["*.filepart", "*.partial", "*.part", ".*.??????"];
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftpConfig {
@@ -302,8 +305,14 @@ impl Default for SftpConfig {
         SftpConfig {
             // Names real upload tools use while a file is incomplete: WinSCP
             // (`*.filepart`), rclone (`*.partial`), lftp/FileZilla-style `*.part`.
-            // Not `*.tmp` or dot-files: those are ordinary names too.
-            temp_patterns: vec!["*.filepart".into(), "*.partial".into(), "*.part".into()],
+            // rsync and other write-then-rename tools (`.name.XXXXXX`: rsync over
+            // sshfs, mktemp-style). Not `*.tmp` or plain dot-files (`.env`):
+            // those are ordinary names too. A false positive (`.a.backup`) is
+            // parked and lands under its own name at session end.
+            temp_patterns: DEFAULT_TEMP_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             allow_download: false,
             visible_for: HumanDuration(Duration::from_secs(3600)),
             max_view_per_user: ByteSize(4 << 20),
