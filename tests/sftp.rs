@@ -1746,3 +1746,76 @@ print("done")
         node.log()
     );
 }
+
+/// `CREAT|EXCL` (paramiko's mode "x") on a name that has just landed, or is
+/// parked, is refused with SSH_FX_FILE_ALREADY_EXISTS and makes no second copy;
+/// a new name is created; OpenSSH `sftp` and curl, which never ask for EXCL,
+/// still replace a landed name with a new upload.
+#[test]
+fn exclusive_create_never_makes_a_second_copy() {
+    let node = held();
+    let a = node.src.join("once.bin");
+    let a_content = random_file(&a, 50_000);
+    let body = r#"
+from paramiko.sftp import CMD_OPEN, CMD_STATUS, SFTP_FLAG_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL
+from paramiko.sftp_attr import SFTPAttributes
+c, s = connect()
+(a,) = ARGS
+s.put(a, "once.bin")                          # landed, listed
+if "once.bin" not in s.listdir("."):
+    fail("the landed name is not listed")
+e = expect_err("mode x on a landed name", lambda: s.open("once.bin", "wx"), ("already exists",))
+expect_err("mode x (no WRITE) on a landed name", lambda: s.open("once.bin", "x"), ("already exists",))
+s.put(a, "tmp.filepart")                      # parked
+expect_err("mode x on a parked name", lambda: s.open("tmp.filepart", "x"), ("already exists",))
+# the status code on the wire: SSH_FX_FILE_ALREADY_EXISTS (11)
+from paramiko.message import Message
+num = s._async_request(type(None), CMD_OPEN, "once.bin",
+                       SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, SFTPAttributes())
+t, data = s._read_packet()
+if t != CMD_STATUS:
+    fail("expected a status, got %r" % t)
+msg = Message(data)
+if msg.get_int() != num:
+    fail("reply to another request")
+code = msg.get_int()
+del s._expecting[num]
+if code != 11:
+    fail("status code %d, expected 11 (SSH_FX_FILE_ALREADY_EXISTS)" % code)
+f = s.open("fresh.bin", "wx")                 # a new name is created
+f.write(b"new file")
+f.close()
+s.close(); c.close()
+"#;
+    paramiko_ok(&node, "exclusive create", body, &[path_str(&a)]);
+    // OpenSSH sftp and curl (CREAT|TRUNC) still send a landed name again
+    sftp_batch_ok(&node, "put once.bin once.bin\n");
+    require_curl_protocol("sftp");
+    let url = format!("sftp://{USER}@127.0.0.1:{}/~/once.bin", node.port);
+    let out = curl_upload(&node, &a, &url, &[]);
+    require_ok(&node, "curl upload", &out);
+    let landed = poll(Duration::from_secs(10), || {
+        let l = node.landed();
+        (l.len() >= 5).then_some(l)
+    })
+    .unwrap_or_else(|| node.landed());
+    let mut got = paths(&landed);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "fresh.bin",
+            "once.bin",
+            "once.bin",
+            "once.bin",
+            "tmp.filepart"
+        ],
+        "paramiko once + sftp + curl, no EXCL copy; fresh.bin once; the parked name at \
+         session end; log:\n{}",
+        node.log()
+    );
+    for e in landed.iter().filter(|e| e.record.path == "once.bin") {
+        assert_entry(e, &a_content, "once.bin", "sftp");
+    }
+    assert!(node.log().contains("already exists"), "{}", node.log());
+}

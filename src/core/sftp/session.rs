@@ -198,6 +198,44 @@ fn err<T>(code: StatusCode, msg: impl Into<String>) -> Result<T, Refusal> {
     Err((code, msg.into()))
 }
 
+/// The end of the message of an OPEN with `CREAT|EXCL` refused because the name
+/// exists; such a status goes on the wire as [`FX_FILE_ALREADY_EXISTS`].
+pub const ALREADY_EXISTS: &str = ": already exists (opened with CREAT|EXCL; not replaced)";
+
+/// `SSH_FX_FILE_ALREADY_EXISTS` (filexfer drafts 05 and later). Protocol 3, which
+/// russh-sftp's `StatusCode` models, has no such code; clients (paramiko, libssh2,
+/// OpenSSH) treat a code they do not know as a failure and show the message.
+pub const FX_FILE_ALREADY_EXISTS: u32 = 11;
+
+/// The status code a reply carries on the wire: the protocol-3 code, except for an
+/// exclusive create of an existing name ([`FX_FILE_ALREADY_EXISTS`]).
+pub fn wire_status_code(s: &Status) -> u32 {
+    if s.status_code == StatusCode::Failure && s.error_message.ends_with(ALREADY_EXISTS) {
+        FX_FILE_ALREADY_EXISTS
+    } else {
+        s.status_code as u32
+    }
+}
+
+/// Encode a reply packet (length, type, payload), with the status code from
+/// [`wire_status_code`].
+pub fn encode(p: Packet) -> Option<Bytes> {
+    let code = match &p {
+        Packet::Status(s) => Some(wire_status_code(s)),
+        _ => None,
+    };
+    let b = Bytes::try_from(p).ok()?;
+    match code {
+        // length (4), type (1), id (4), then the code
+        Some(c) if b.len() >= 13 => {
+            let mut m = BytesMut::from(&b[..]);
+            m[9..13].copy_from_slice(&c.to_be_bytes());
+            Some(m.freeze())
+        }
+        _ => Some(b),
+    }
+}
+
 pub fn status(id: u32, code: StatusCode, msg: &str) -> Packet {
     Packet::Status(Status {
         id,
@@ -825,7 +863,16 @@ impl Session {
         if p.is_empty() || view.lookup(&p) == Some(ViewNode::Dir) {
             return err(StatusCode::Failure, format!("{filename}: is a directory"));
         }
-        if !flags.contains(OpenFlags::WRITE) {
+        // CREAT|EXCL: exclusive against every name in the sender's view (landed,
+        // parked, or still being uploaded), so a client that uses EXCL to avoid
+        // sending twice never makes a second copy.
+        if flags.contains(OpenFlags::CREATE | OpenFlags::EXCLUDE)
+            && (matches!(view.lookup(&p), Some(ViewNode::File(_))) || self.upload_at(&p).is_some())
+        {
+            return err(StatusCode::Failure, format!("{filename}{ALREADY_EXISTS}"));
+        }
+        // CREAT without WRITE (paramiko's mode "x") still asks for a new file.
+        if !flags.intersects(OpenFlags::WRITE | OpenFlags::CREATE) {
             return self.open_read(id, filename, &p, view);
         }
         if filename.ends_with('/') {

@@ -173,7 +173,7 @@ pub async fn run(
 }
 
 async fn send(out: &ChannelWriteHalf<Msg>, p: Packet) -> Result<(), ()> {
-    let b = Bytes::try_from(p).map_err(|_| ())?;
+    let b = crate::core::sftp::session::encode(p).ok_or(())?;
     out.data_bytes(b).await.map_err(|_| ())
 }
 

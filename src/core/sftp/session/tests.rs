@@ -1403,3 +1403,51 @@ fn non_utf8_names_are_refused_before_decoding() {
     assert_eq!(non_utf8_name(&[]), None);
     assert_eq!(non_utf8_name(&[3, 0, 0, 0, 1, 0, 0, 0, 200]), None);
 }
+
+/// `CREAT|EXCL` is exclusive against every name the sender can see: landed,
+/// parked (temporary name closed), or still open; a fresh name is created, and
+/// the refusal goes on the wire as SSH_FX_FILE_ALREADY_EXISTS.
+#[test]
+fn exclusive_create_of_an_existing_name_is_refused() {
+    let excl = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE;
+    let mut sim = Sim::new();
+    ok_st(sim.put("landed.bin", b"one"));
+    let landed_before = sim.landed.len();
+    let e = sim.open("landed.bin", excl, None).unwrap_err();
+    refused(e.clone(), StatusCode::Failure, "already exists");
+    assert_eq!(
+        wire_status_code(&Status {
+            id: 1,
+            status_code: e.0,
+            error_message: e.1.clone(),
+            language_tag: "en".into(),
+        }),
+        FX_FILE_ALREADY_EXISTS
+    );
+    let wire = encode(status(7, e.0, &e.1)).unwrap();
+    assert_eq!(&wire[4..13], &[101, 0, 0, 0, 7, 0, 0, 0, 11]);
+    // parked under a temporary name
+    ok_st(sim.put("p.filepart", b"two"));
+    refused(
+        sim.open("p.filepart", excl, None).unwrap_err(),
+        StatusCode::Failure,
+        "already exists",
+    );
+    // still open
+    let h = sim.create("open.bin");
+    refused(
+        sim.open("open.bin", excl, None).unwrap_err(),
+        StatusCode::Failure,
+        "already exists",
+    );
+    ok_st(sim.close(&h));
+    // a new name, and without EXCL the landed name may be sent again
+    let h = sim.open("new.bin", excl, None).unwrap();
+    ok_st(sim.close(&h));
+    let h = sim.open("landed.bin", wct(), None).unwrap();
+    ok_st(sim.close(&h));
+    assert_eq!(sim.landed.len(), landed_before + 3);
+    // an ordinary failure keeps its protocol-3 code on the wire
+    let wire = encode(status(8, StatusCode::Failure, "no space")).unwrap();
+    assert_eq!(&wire[9..13], &[0, 0, 0, 4]);
+}
