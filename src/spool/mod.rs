@@ -48,9 +48,10 @@ pub enum Refusal {
     #[error("file too large: {size} bytes exceeds the limit of {max} bytes")]
     TooLarge { size: u64, max: u64 },
     #[error(
-        "no space: storing {size} bytes would leave less than {min_free} bytes free on the spool"
+        "no space: storing {size} bytes would leave less than {min_free} bytes free on the spool \
+         ({free} bytes free)"
     )]
-    NoSpace { size: u64, min_free: u64 },
+    NoSpace { size: u64, min_free: u64, free: u64 },
     /// The path cannot be stored under the archive layout (too long, too deep).
     #[error("{0}")]
     Name(String),
@@ -295,9 +296,14 @@ impl Spool {
             }),
             free.saturating_sub(size),
         ));
-        if free.saturating_sub(size) < self.min_free {
+        // A file larger than the free space is refused even with min_free = 0.
+        if free
+            .checked_sub(size)
+            .is_none_or(|left| left < self.min_free)
+        {
             return Err(Refusal::NoSpace {
                 size,
+                free,
                 min_free: self.min_free,
             });
         }
@@ -984,5 +990,17 @@ mod tests {
         drop(s);
         let s = Spool::open(t.path(), "n1", u64::MAX, u64::MAX / 2).unwrap();
         assert!(matches!(s.admit(1), Err(Refusal::NoSpace { .. })));
+        drop(s);
+        // min_free = 0: a file larger than the free space is still refused up
+        // front (the subtraction must not saturate to "0 left, >= 0")
+        let s = Spool::open(t.path(), "n1", u64::MAX, 0).unwrap();
+        let free = s.free_bytes().unwrap();
+        assert!(s.admit(free / 2).is_ok());
+        match s.admit(free + (1 << 40)) {
+            Err(r @ Refusal::NoSpace { .. }) => {
+                assert!(r.to_string().starts_with("no space"), "{r}")
+            }
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
     }
 }

@@ -313,6 +313,9 @@ pub struct NodeOpts {
     pub forward_extra: String,
     /// Whole extra sections appended to the config (e.g. `"[process]\ncommand = [...]"`).
     pub extra: String,
+    /// Put the spool on its own tmpfs of this size (e.g. `"48m"`; needs root),
+    /// unmounted when the node is dropped: a spool that can fill up.
+    pub spool_tmpfs: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -327,6 +330,7 @@ impl Default for NodeOpts {
             archive_extra: String::new(),
             forward_extra: String::new(),
             extra: String::new(),
+            spool_tmpfs: None,
         }
     }
 }
@@ -425,6 +429,21 @@ impl Node {
             child: None,
             dir,
         };
+        if let Some(size) = &node.opts.spool_tmpfs {
+            fs::create_dir_all(&node.spool).unwrap();
+            let out = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(&node.spool)
+                .output()
+                .expect("run mount");
+            assert!(out.status.success(), "mount a tmpfs spool: {}", show(&out));
+        }
         node.write_config();
         node.spawn();
         node
@@ -923,6 +942,9 @@ impl Drop for Node {
             );
         }
         self.kill9();
+        if self.opts.spool_tmpfs.is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.spool).status();
+        }
     }
 }
 

@@ -31,6 +31,13 @@ pub const GROUP_MAX_BYTES: u64 = 1 << 30;
 /// (every one is logged).
 pub const MAX_LISTED: usize = 20;
 
+/// When writing a file fails while its data is still arriving (the spool is
+/// full), the rest of its data is read and dropped, so that the sender, which
+/// reads nothing until it has sent the whole file (OpenSSH scp.c), then reads
+/// the reason instead of losing the connection. Past this many bytes still to
+/// come, the session ends at once (the sender sees the connection close).
+pub const DRAIN_MAX: u64 = 1 << 30;
+
 /// What the sink needs to know at the start of a session.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
@@ -203,6 +210,9 @@ pub struct Sink {
     staged_bytes: u64,
     /// Something was refused or failed: the exit status will be 1.
     failed: bool,
+    /// Writing the current file failed (path, reason): the rest of its data is
+    /// read and dropped, then the sender is told why (see [`DRAIN_MAX`]).
+    drain: Option<(String, String)>,
     state: State,
     input: VecDeque<Bytes>,
     eof: bool,
@@ -240,6 +250,7 @@ impl Sink {
             staged: Vec::new(),
             staged_bytes: 0,
             failed: false,
+            drain: None,
             state: State::Lines,
             input: VecDeque::new(),
             eof: false,
@@ -324,7 +335,31 @@ impl Sink {
                     // The queued writes and the finish of this file are moot.
                     self.actions
                         .retain(|a| !matches!(a, Action::Write(_) | Action::FinishFile));
-                    self.fatal(&format!("{}: write failed: {e}", cur.path));
+                    let left = match self.state {
+                        State::Data { left } => Some(left),
+                        State::Status | State::SourceLine { .. } => Some(0),
+                        // All its data arrived and the sender waits for the
+                        // answer (the finish was dropped above): tell it now.
+                        State::Finishing => {
+                            self.abort_file();
+                            self.warn(
+                                &cur.path,
+                                &format!("not stored: cannot write it: {}", clean(&e)),
+                            );
+                            self.state = State::Lines;
+                            self.process();
+                            return;
+                        }
+                        _ => None,
+                    };
+                    match left {
+                        // Read (and drop) the rest, then tell the sender why.
+                        Some(left) if left <= DRAIN_MAX => {
+                            self.abort_file();
+                            self.drain = Some((cur.path, clean(&e)));
+                        }
+                        _ => self.fatal(&format!("{}: write failed: {e}", cur.path)),
+                    }
                 }
             }
             Event::Finished => {
@@ -345,8 +380,11 @@ impl Sink {
             }
             Event::FinishFailed(e) => {
                 if self.state == State::Finishing {
+                    // The sender waits for this file's answer: a warning, and the
+                    // session goes on (what it staged before is still committed).
                     let path = self.file.take().map(|c| c.path).unwrap_or_default();
-                    self.fatal(&format!("{path}: cannot store file: {e}"));
+                    self.warn(&path, &format!("not stored: {}", clean(&e)));
+                    self.state = State::Lines;
                 }
             }
             Event::Committed => {
@@ -547,11 +585,13 @@ impl Sink {
                             self.state = State::Data {
                                 left: left - n as u64,
                             };
-                            self.actions.push_back(Action::Write(chunk));
+                            if self.drain.is_none() {
+                                self.actions.push_back(Action::Write(chunk));
+                            }
                         }
                         None if self.eof => {
                             let cur = self.file.clone().unwrap_or(Current {
-                                path: String::new(),
+                                path: self.drain.take().map(|d| d.0).unwrap_or_default(),
                                 size: left,
                             });
                             let received = cur.size - left;
@@ -580,7 +620,16 @@ impl Sink {
                             self.input.pop_front();
                         }
                         match b {
-                            0 => self.finish_file(),
+                            0 => match self.drain.take() {
+                                Some((path, why)) => {
+                                    self.warn(
+                                        &path,
+                                        &format!("not stored: cannot write it: {why}"),
+                                    );
+                                    self.state = State::Lines;
+                                }
+                                None => self.finish_file(),
+                            },
                             1 | 2 => {
                                 self.line.clear();
                                 self.state = State::SourceLine { fatal: b == 2 };
@@ -601,7 +650,13 @@ impl Sink {
                         }
                     }
                     // libssh2/curl send EOF instead of the final \0.
-                    None if self.eof => self.finish_file(),
+                    None if self.eof => match self.drain.take() {
+                        Some((path, why)) => {
+                            self.warn(&path, &format!("not stored: cannot write it: {why}"));
+                            self.state = State::Lines;
+                        }
+                        None => self.finish_file(),
+                    },
                     None => return,
                 },
                 State::SourceLine { fatal } => {
@@ -640,7 +695,8 @@ impl Sink {
             Ok(Control::SourceError { message, .. }) => message,
             _ => clean(&String::from_utf8_lossy(raw)),
         };
-        let path = self.file.as_ref().map(|c| c.path.clone());
+        let drained = self.drain.take().map(|(p, _)| p);
+        let path = self.file.as_ref().map(|c| c.path.clone()).or(drained);
         self.log(LogEvent::SourceError {
             path: path.clone(),
             fatal,

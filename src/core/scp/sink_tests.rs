@@ -663,26 +663,83 @@ fn dropped_files_are_logged_and_named() {
     );
 }
 
+/// A file that cannot be written (the spool filled) is refused with a warning
+/// once its data has arrived: the rest of its bytes are read and dropped, so the
+/// sender, which reads nothing until it has sent the whole file, reads the
+/// reason instead of losing the connection; the session goes on.
 #[test]
-fn write_and_finish_failures_are_fatal() {
+fn write_and_finish_failures_drain_and_warn() {
+    // the write fails once the whole file is in (the sender waits for the answer)
     let mut s = Sim::new(cfg(args(false, false, false, ".")));
     s.fail_write_after = Some(1);
     s.feed(b"C0644 1 a\nx\0C0644 6 b\nab")
         .feed(b"cd")
-        .feed(b"ef\0");
-    assert_eq!(s.exit, Some(1));
-    let m = s.messages();
-    assert_eq!(m, vec![(2, "a: write failed: disk on fire".to_string())]);
-    assert!(s.landed.is_empty());
-
-    let mut s = Sim::new(cfg(args(false, false, false, ".")));
-    s.fail_finish = true;
-    s.feed(b"C0644 1 a\nx\0");
+        .feed(b"ef\0")
+        .eof();
     assert_eq!(s.exit, Some(1));
     assert_eq!(
         s.messages(),
-        vec![(2, "a: cannot store file: no record".to_string())]
+        vec![(
+            1,
+            "a: not stored: cannot write it: disk on fire".to_string()
+        )]
     );
+    assert_eq!(s.aborted, ["a"]);
+    assert_eq!(s.landed_paths(), ["b"]);
+
+    // the write fails in the middle: the rest is drained (no more writes), then
+    // the warning; the next file lands
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.fail_write_after = Some(1);
+    s.feed(b"C0644 6 b\nab");
+    assert!(
+        s.messages().is_empty(),
+        "nothing said before the data is in"
+    );
+    s.feed(b"cd").feed(b"ef");
+    assert!(s.messages().is_empty());
+    s.feed(b"\0C0644 1 c\nz\0").eof();
+    assert_eq!(
+        s.messages(),
+        vec![(
+            1,
+            "b: not stored: cannot write it: disk on fire".to_string()
+        )]
+    );
+    assert_eq!(s.writes, 2, "nothing of the drained bytes is written");
+    assert_eq!(s.landed_paths(), ["c"]);
+    assert_eq!(s.exit, Some(1));
+
+    // far from the end of a huge file: the session ends at once
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.fail_write_after = Some(1);
+    s.feed(format!("C0644 {} big\nab", DRAIN_MAX + 10).as_bytes());
+    assert_eq!(s.exit, Some(1));
+    assert_eq!(s.messages()[0].0, 2);
+
+    // the sender gives up (EOF) while its rest is drained
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.fail_write_after = Some(1);
+    s.feed(b"C0644 6 b\nab").eof();
+    assert_eq!(s.exit, Some(1));
+    assert!(s
+        .logs
+        .iter()
+        .any(|l| matches!(l, LogEvent::Aborted { path, .. } if path == "b")));
+
+    // staging fails: a warning, and what was staged before still lands
+    let mut s = Sim::new(cfg(args(false, false, false, ".")));
+    s.feed(b"C0644 1 a\nx\0");
+    s.fail_finish = true;
+    s.feed(b"C0644 1 b\ny\0");
+    s.fail_finish = false;
+    s.feed(b"C0644 1 c\nz\0").eof();
+    assert_eq!(s.exit, Some(1));
+    assert_eq!(
+        s.messages(),
+        vec![(1, "b: not stored: no record".to_string())]
+    );
+    assert_eq!(s.landed_paths(), ["a", "c"]);
 }
 
 #[test]
