@@ -12,13 +12,17 @@
 //! concurrent senders commit side by side as before (the file system's journal
 //! joins their fsyncs) and many share groups.
 //!
-//! Failure: a group fails together. If any fsync, rename or directory fsync fails,
-//! every caller of that group gets the error and its upload is refused (an fsync
-//! error cannot be retried safely: the kernel reports a writeback error once, and a
-//! second fsync may succeed without the data being on disk). A staged file whose
-//! group failed is removed when it is dropped, as for [`Spool::commit`].
+//! Failure: a group fails together. If a file's fsync or a rename fails, every
+//! caller of that group gets the error and its upload is refused; the files the
+//! group had already renamed into `ready/` are moved back (durably) first, so a
+//! sender told "not stored" never has its file delivered. A directory fsync that
+//! fails after the renames (or an undo that cannot be completed) stops the node
+//! instead of answering (an fsync error cannot be retried safely: the kernel
+//! reports a writeback error once, and a second fsync may succeed without the data
+//! being on disk). A staged file whose group failed is removed when it is
+//! dropped, as for [`Spool::commit`].
 
-use super::{commit_group, Spool, Staged};
+use super::{commit_group, GroupError, Spool, Staged};
 use crate::core::record::Record;
 use std::io;
 use std::path::PathBuf;
@@ -126,6 +130,7 @@ fn commit_batch(batch: Vec<Job>, target: &Target, stats: &Stats) {
     let n = staged.len();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         commit_group(&target.ready, &target.partial, &target.wake, staged)
+            .map_err(GroupError::or_stop)
     }))
     .unwrap_or_else(|_| Err(io::Error::other("group commit panicked")));
     stats.groups.fetch_add(1, Ordering::Relaxed);
@@ -279,6 +284,79 @@ mod tests {
         }
         assert_eq!(fs::read_dir(spool.dir(READY)).unwrap().count(), 0);
         assert_eq!(fs::read_dir(spool.dir(PARTIAL)).unwrap().count(), 0);
+    }
+
+    /// A rename that fails after others of its group succeeded: the ones already
+    /// in `ready/` are moved back (and both directories fsynced) before anyone is
+    /// answered, so no file of the failed group is ever delivered; the partial
+    /// files are then removed. Each rename position is tried, with a real
+    /// failure (a non-empty directory in the way) and an injected one (EIO).
+    #[test]
+    fn a_group_failing_after_some_renames_is_undone() {
+        for k in 0..4 {
+            for injected in [false, true] {
+                let t = tempfile::tempdir().unwrap();
+                let spool = Spool::open(&t.path().join("s"), "n1", 1 << 20, 0).unwrap();
+                let staged: Vec<Staged> = (0..4)
+                    .map(|i| stage(&spool, &format!("f{i}"), format!("body {i}").as_bytes()))
+                    .collect();
+                let ids: Vec<String> = staged.iter().map(|s| s.record.id.clone()).collect();
+                if injected {
+                    super::super::FAULTS.with(|f| *f.borrow_mut() = vec![("rename", k)]);
+                } else {
+                    // rename(2) onto a non-empty directory fails (ENOTEMPTY)
+                    fs::create_dir_all(spool.dir(READY).join(&ids[k]).join("x")).unwrap();
+                }
+                super::super::DIR_FSYNCS.with(|v| v.borrow_mut().clear());
+                let wake = Notify::new();
+                let r = commit_group(&spool.dir(READY), &spool.dir(PARTIAL), &wake, staged);
+                super::super::FAULTS.with(|f| f.borrow_mut().clear());
+                assert!(matches!(r, Err(GroupError::Failed(_))), "k={k}: {r:?}");
+                let in_ready: Vec<String> = fs::read_dir(spool.dir(READY))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                let blocker: Vec<String> = if injected {
+                    vec![]
+                } else {
+                    vec![ids[k].clone()]
+                };
+                assert_eq!(
+                    in_ready, blocker,
+                    "k={k} injected={injected}: nothing landed"
+                );
+                if k > 0 {
+                    let synced = super::super::DIR_FSYNCS.with(|v| v.borrow().clone());
+                    assert!(
+                        synced.contains(&spool.dir(READY)) && synced.contains(&spool.dir(PARTIAL)),
+                        "k={k}: the undo is made durable before the answer: {synced:?}"
+                    );
+                }
+                // the staged files were dropped with the group: partial/ is empty
+                assert_eq!(
+                    fs::read_dir(spool.dir(PARTIAL)).unwrap().count(),
+                    0,
+                    "k={k}"
+                );
+            }
+        }
+    }
+
+    /// A failed fsync of `ready/` after the renames cannot be undone or retried:
+    /// the group commit reports it as fatal (the node stops instead of answering).
+    #[test]
+    fn a_failed_fsync_of_ready_after_the_renames_is_fatal() {
+        let t = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&t.path().join("s"), "n1", 1 << 20, 0).unwrap();
+        let staged = vec![stage(&spool, "a", b"a"), stage(&spool, "b", b"b")];
+        super::super::FAULTS.with(|f| *f.borrow_mut() = vec![("fsync", 0)]);
+        let wake = Notify::new();
+        let r = commit_group(&spool.dir(READY), &spool.dir(PARTIAL), &wake, staged);
+        super::super::FAULTS.with(|f| f.borrow_mut().clear());
+        match r {
+            Err(GroupError::Fatal(why)) => assert!(why.contains("fsync"), "{why}"),
+            other => panic!("expected a fatal error, got {other:?}"),
+        }
     }
 
     /// A lone sequential committer gets a group of its own each time, at once.

@@ -346,29 +346,123 @@ impl Spool {
     /// together, then the renames, then one fsync of each directory involved.
     pub fn commit(&self, staged: Vec<Staged>) -> io::Result<Vec<Record>> {
         commit_group(&self.dir(READY), &self.dir(PARTIAL), &self.wake, staged)
+            .map_err(GroupError::or_stop)
     }
 }
 
-/// [`Spool::commit`] (also run by the group-commit thread, [`commit`]).
+/// Why a group commit failed.
+#[derive(Debug)]
+pub(crate) enum GroupError {
+    /// Nothing of the group is in `ready/` (a failed rename was undone, durably):
+    /// every caller is told its files were not stored.
+    Failed(io::Error),
+    /// Entries may be in `ready/` whose senders cannot be told either way: a
+    /// directory fsync failed after the renames (it cannot be retried safely), or
+    /// a failed group could not be moved back. The node must stop ([`stop_node`]).
+    Fatal(String),
+}
+
+impl GroupError {
+    /// The error for the callers, or the node stops.
+    pub(crate) fn or_stop(self) -> io::Error {
+        match self {
+            GroupError::Failed(e) => e,
+            GroupError::Fatal(why) => stop_node(&why),
+        }
+    }
+}
+
+impl From<io::Error> for GroupError {
+    fn from(e: io::Error) -> Self {
+        GroupError::Failed(e)
+    }
+}
+
+/// Stop the process at once: a landing whose outcome the senders cannot be told
+/// truthfully. Never answering is better than "not stored" for a file that is
+/// then delivered; at the next start `ready/` is what it is, and its entries go
+/// through the pipeline (their senders saw the connection drop, not a refusal).
+pub(crate) fn stop_node(why: &str) -> ! {
+    tracing::error!(
+        reason = ?why,
+        "FATAL: the spool cannot tell senders the truth about a landing; stopping the node \
+         (a failed fsync cannot be retried safely)"
+    );
+    eprintln!("ingestd: FATAL: {why}; stopping");
+    std::process::exit(70)
+}
+
+/// [`Spool::commit`] (also run by the group-commit thread, [`commit`]). A failed
+/// rename moves back what the group had already moved (and fsyncs both
+/// directories) before it answers: no file of a failed group is ever delivered.
 fn commit_group(
     ready: &Path,
     partial: &Path,
     wake: &Notify,
     staged: Vec<Staged>,
-) -> io::Result<Vec<Record>> {
+) -> Result<Vec<Record>, GroupError> {
     if staged.is_empty() {
         return Ok(Vec::new());
     }
     sync_all_parallel(&staged)?;
-    for s in &staged {
-        fs::rename(&s.dir, ready.join(&s.record.id))?;
+    for (k, s) in staged.iter().enumerate() {
+        if let Err(e) =
+            fault("rename", k).and_then(|()| fs::rename(&s.dir, ready.join(&s.record.id)))
+        {
+            return Err(undo_group(ready, partial, &staged[..k], e));
+        }
     }
     // (each Staged is dropped below; its partial path no longer exists)
     // One journal commit covers both directories; the second fsync is then cheap.
-    fsync_dir(ready)?;
-    fsync_dir(partial)?;
+    // Past the renames a failed fsync cannot be undone or retried: stop.
+    if let Err(e) = fsync_dir(ready).and_then(|()| fsync_dir(partial)) {
+        return Err(GroupError::Fatal(format!(
+            "fsync of {} after a group commit's renames failed: {e}",
+            ready.display()
+        )));
+    }
     wake.notify_one();
     Ok(staged.iter().map(|s| s.record.clone()).collect())
+}
+
+/// Move the first files of a group back from `ready/` to `partial/` after rename
+/// `moved.len()` failed with `e`, durably; `Fatal` if that cannot be done.
+fn undo_group(ready: &Path, partial: &Path, moved: &[Staged], e: io::Error) -> GroupError {
+    for s in moved {
+        if let Err(u) = fs::rename(ready.join(&s.record.id), &s.dir) {
+            return GroupError::Fatal(format!(
+                "a group commit failed ({e}) and {} could not be moved back out of {}: {u}",
+                s.record.id,
+                ready.display()
+            ));
+        }
+    }
+    if !moved.is_empty() {
+        if let Err(u) = fsync_dir(ready).and_then(|()| fsync_dir(partial)) {
+            return GroupError::Fatal(format!(
+                "a group commit failed ({e}) and the fsync of its undo failed: {u}"
+            ));
+        }
+    }
+    GroupError::Failed(e)
+}
+
+/// Fault injection for the tests: fail the `k`-th `op` of this thread's next
+/// group commit ([`FAULTS`]). Always `Ok` outside tests.
+fn fault(op: &str, k: usize) -> io::Result<()> {
+    #[cfg(test)]
+    if FAULTS.with(|f| f.borrow().iter().any(|(o, n)| *o == op && *n == k)) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    let _ = (op, k);
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// (operation, index) pairs [`fault`] fails: `("rename", k)`, `("fsync", 0)`.
+    pub(crate) static FAULTS: std::cell::RefCell<Vec<(&'static str, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// At most this many fsyncs of one group commit are in flight at once.
@@ -410,8 +504,13 @@ impl Spool {
         let rec = self.repark(id, update)?;
         let (parked, ready) = (self.dir(PARKED), self.dir(READY));
         fs::rename(parked.join(id), ready.join(id))?;
-        fsync_dir(&ready)?;
-        fsync_dir(&parked)?;
+        // past the rename a failed fsync cannot be undone or retried: stop
+        if let Err(e) = fsync_dir(&ready).and_then(|()| fsync_dir(&parked)) {
+            stop_node(&format!(
+                "fsync of {} after landing parked entry {id} failed: {e}",
+                ready.display()
+            ));
+        }
         self.wake.notify_one();
         Ok(rec)
     }
@@ -502,6 +601,10 @@ fn sync_all_parallel(staged: &[Staged]) -> io::Result<()> {
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(test)]
     DIR_FSYNCS.with(|v| v.borrow_mut().push(dir.to_path_buf()));
+    #[cfg(test)]
+    if dir.ends_with(READY) {
+        fault("fsync", 0)?;
+    }
     File::open(dir)?.sync_all()
 }
 
