@@ -343,8 +343,14 @@ fn reload(
     health: &Health,
     set_log: &SetLogFilter,
 ) {
-    let new = match Config::load(path) {
-        Ok(c) => c,
+    let new = match Config::load_text(path) {
+        Ok((c, text)) => match crate::config::reload_refusal(running, &c, &text) {
+            None => c,
+            Some(why) => {
+                tracing::error!("SIGHUP: configuration refused, nothing changed: {why}");
+                return;
+            }
+        },
         Err(e) => {
             tracing::error!("SIGHUP: configuration refused, nothing changed: {e:#}");
             return;

@@ -371,3 +371,93 @@ fn dashboard_and_rules_use_exported_metrics() {
         }
     }
 }
+
+/// A SIGHUP that finds the config file empty, comment-only or cut off at any of
+/// several offsets (a config tool that truncates before writing, a reload racing
+/// the write) changes nothing: the running authorized_keys stays in force and
+/// the sender keeps getting in. The whole file reloads again afterwards. At
+/// start-up an empty file is refused, not run on defaults.
+#[test]
+fn reload_of_a_truncated_config_changes_nothing() {
+    let mut node = Node::start_opts(NodeOpts {
+        ssh_extra: "max_sessions = 256\n".into(),
+        ..Default::default()
+    });
+    let full = fs::read_to_string(&node.config_path).unwrap();
+    let refused = || {
+        node.log()
+            .matches("SIGHUP: configuration refused, nothing changed")
+            .count()
+    };
+    // offsets: empty, comment-only, every line boundary, and inside lines
+    // (the authorized_keys path, the max_sessions number, a section header)
+    let mut cuts: Vec<String> = vec![String::new(), "# being rewritten\n".into()];
+    for (i, _) in full.match_indices('\n') {
+        cuts.push(full[..i + 1].to_string());
+    }
+    for needle in [
+        "authorized_keys = \"",
+        "max_sessions = 25",
+        "[spo",
+        "[health]\nlis",
+    ] {
+        let at = full.find(needle).expect(needle) + needle.len();
+        cuts.push(full[..at].to_string());
+    }
+    // (a cut that only loses trailing blank lines is the whole file)
+    cuts.retain(|c| c.trim_end() != full.trim_end());
+    let mut expected = 0;
+    for cut in &cuts {
+        fs::write(&node.config_path, cut).unwrap();
+        send_signal(node.pid().unwrap(), libc::SIGHUP);
+        expected += 1;
+        let r = poll(Duration::from_secs(10), || {
+            (refused() >= expected).then_some(())
+        });
+        assert!(
+            r.is_some(),
+            "a config cut to {} bytes ({cut:?}) was not refused; log:\n{}",
+            cut.len(),
+            node.log()
+        );
+    }
+    assert!(
+        !node.log().contains("SIGHUP: configuration reloaded"),
+        "{}",
+        node.log()
+    );
+    assert!(node.is_running());
+    // the configured sender still gets in
+    assert_still_serves(&node, "scp");
+    // the whole file reloads
+    fs::write(&node.config_path, &full).unwrap();
+    send_signal(node.pid().unwrap(), libc::SIGHUP);
+    let r = poll(Duration::from_secs(10), || {
+        node.log()
+            .contains("SIGHUP: configuration reloaded")
+            .then_some(())
+    });
+    assert!(r.is_some(), "log:\n{}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains("no longer sets") && log.contains("ssh.authorized_keys"),
+        "the refusal names the keys the cut file dropped:\n{log}"
+    );
+    assert!(log.contains("sets no key"), "{log}");
+    eprintln!("{} truncated files refused", cuts.len());
+
+    // start-up: an empty file is refused, with the reason
+    let empty = node.src.join("empty.toml");
+    fs::write(&empty, "# nothing yet\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(["check-config", "--config"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sets no key"),
+        "{}",
+        show(&out)
+    );
+}

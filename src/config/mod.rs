@@ -3,7 +3,7 @@
 //! semantic validation (`ingestd check-config`).
 
 mod reload;
-pub use reload::{changed_keys, take_reloadable, RELOADABLE};
+pub use reload::{changed_keys, reload_refusal, take_reloadable, RELOADABLE};
 
 use crate::core::units::{ByteSize, FileMode, HumanDuration, Rate};
 use anyhow::{bail, Context, Result};
@@ -59,6 +59,10 @@ pub struct Config {
     pub defender: DefenderConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The dotted keys the configuration text set itself (not defaults); a reload
+    /// may not drop one of them (see `config::reload`).
+    #[serde(skip)]
+    pub explicit_keys: std::collections::BTreeSet<String>,
 }
 
 /// Bans for source addresses that keep failing to authenticate.
@@ -527,22 +531,42 @@ impl Config {
             })?;
         cfg.resolve_paths(base);
         cfg.validate()?;
+        cfg.explicit_keys = reload::explicit_keys(text);
         Ok(cfg)
     }
 
     /// Load `path`, or the embedded default (relative to the working directory) when `None`.
+    /// A file that sets no key at all (empty, or only comments: a config tool
+    /// that truncated it before writing) is refused: a node never runs on the
+    /// built-in defaults because its file was emptied (give no `--config` for the
+    /// embedded default).
     pub fn load(path: Option<&Path>) -> Result<Config> {
+        Ok(Config::load_text(path)?.0)
+    }
+
+    /// [`Config::load`], with the text of the file (`""` for the embedded default).
+    pub fn load_text(path: Option<&Path>) -> Result<(Config, String)> {
         match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read config file {}", p.display()))?;
                 let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
                 let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-                Config::parse(&text, &base).with_context(|| format!("in {}", p.display()))
+                let cfg =
+                    Config::parse(&text, &base).with_context(|| format!("in {}", p.display()))?;
+                if cfg.explicit_keys.is_empty() {
+                    bail!(
+                        "{}: the file sets no key (it is empty or only comments: truncated?); \
+                         refusing to fall back to the built-in defaults (run without --config \
+                         for the embedded default configuration)",
+                        p.display()
+                    );
+                }
+                Ok((cfg, text))
             }
             None => {
                 let cwd = std::env::current_dir().context("no working directory")?;
-                Config::parse(EMBEDDED_DEFAULT, &cwd)
+                Ok((Config::parse(EMBEDDED_DEFAULT, &cwd)?, String::new()))
             }
         }
     }
