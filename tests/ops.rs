@@ -406,11 +406,10 @@ fn reload_of_a_truncated_config_changes_nothing() {
     }
     // (a cut that only loses trailing blank lines is the whole file)
     cuts.retain(|c| c.trim_end() != full.trim_end());
-    let mut expected = 0;
-    for cut in &cuts {
+    for (i, cut) in cuts.iter().enumerate() {
         fs::write(&node.config_path, cut).unwrap();
         send_signal(node.pid().unwrap(), libc::SIGHUP);
-        expected += 1;
+        let expected = i + 1;
         let r = poll(Duration::from_secs(10), || {
             (refused() >= expected).then_some(())
         });
