@@ -122,7 +122,11 @@ fn every_failed_authentication_is_logged_counted_and_matched_by_fail2ban() {
         .lines()
         .filter(|l| l.contains("ingestd::auth: authentication failed"))
         .collect();
-    assert_eq!(pw.len(), 2, "password and keyboard-interactive logged:\n{log}");
+    assert_eq!(
+        pw.len(),
+        2,
+        "password and keyboard-interactive logged:\n{log}"
+    );
     assert!(
         pw[0].contains("remote_ip=127.0.0.1 remote_port=")
             && pw[0].contains("user=\"root\"")

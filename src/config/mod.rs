@@ -95,6 +95,9 @@ pub struct SshConfig {
     /// authorized_keys file(s); `%u` is replaced by the login name; `~` is $HOME;
     /// a `*` in the last component is a glob (e.g. `~/.ssh/*.pub`).
     pub authorized_keys: OneOrMany<String>,
+    /// Memory for the parsed authorized_keys files (parsed once per change;
+    /// least recently used files are dropped beyond it).
+    pub authorized_keys_cache: ByteSize,
     /// Authenticated SSH connections at once; more are refused with a message.
     pub max_sessions: usize,
     /// Authenticated connections from one source address at once.
@@ -235,6 +238,7 @@ impl Default for SshConfig {
             listen: OneOrMany::One("0.0.0.0:22".into()),
             host_key: OneOrMany::One("/etc/ingestd/ssh_host_ed25519_key".into()),
             authorized_keys: OneOrMany::One("/etc/ingestd/authorized_keys".into()),
+            authorized_keys_cache: ByteSize(64 << 20),
             max_sessions: 256,
             max_sessions_per_ip: 32,
             max_startups: 64,

@@ -107,13 +107,15 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let gate = Gate::new(shared.cfg.clone(), shared.connections.clone());
+    let keys = auth::KeyCache::new(shared.cfg.ssh.authorized_keys_cache.0);
     let mut tasks = Vec::new();
     for l in listeners {
-        let (shared, config, sd, gate) = (
+        let (shared, config, sd, gate, keys) = (
             shared.clone(),
             config.clone(),
             shutdown.clone(),
             gate.clone(),
+            keys.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -137,7 +139,7 @@ pub async fn serve(
                 };
                 let evicted = ticket.evicted();
                 let _ = sock.set_nodelay(true);
-                let handler = Conn::new(shared.clone(), peer, sd.clone(), ticket, gate.clone());
+                let handler = Conn::new(shared.clone(), peer, sd.clone(), ticket, gate.clone(), keys.clone());
                 let watch = handler.watch.clone();
                 let config = config.clone();
                 let (sd2, cfg) = (sd.clone(), shared.cfg.clone());
@@ -399,6 +401,8 @@ pub struct Conn {
     grace: std::time::Instant,
     /// Cancelled when this connection is evicted under `ssh.max_startups`.
     evicted: tokio_util::sync::CancellationToken,
+    /// The parsed authorized_keys files (shared by every connection).
+    keys: Arc<auth::KeyCache>,
 }
 
 /// The authentication methods a peer tried on one connection, and how many of
@@ -431,6 +435,7 @@ impl Conn {
         shutdown: Shutdown,
         ticket: Ticket,
         gate: Arc<Gate>,
+        keys: Arc<auth::KeyCache>,
     ) -> Conn {
         let shared_grace = shared.cfg.ssh.login_grace_time.0;
         let evicted = ticket.evicted();
@@ -450,6 +455,7 @@ impl Conn {
             trace: AuthTrace::default(),
             grace: std::time::Instant::now() + shared_grace,
             evicted,
+            keys,
         }
     }
 
@@ -526,10 +532,7 @@ impl Conn {
 
     async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Result<(), String> {
         let pats = self.shared.authorized_keys();
-        let (user2, key2, ip) = (user.to_string(), key.clone(), self.peer.ip());
-        tokio::task::spawn_blocking(move || auth::check(&pats, &user2, Some(ip), &key2))
-            .await
-            .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+        self.keys.check(pats, user, Some(self.peer.ip()), key).await
     }
 
     /// Refuse a channel request: a one-line message on stderr, exit status 1, close.
@@ -617,7 +620,12 @@ impl Handler for Conn {
     /// is guessing. Logged and counted like a refused key.
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
         self.trace.tried(user, "password");
-        self.auth_failure(user, "password", None, "password authentication is not offered")?;
+        self.auth_failure(
+            user,
+            "password",
+            None,
+            "password authentication is not offered",
+        )?;
         Ok(Auth::reject())
     }
 
