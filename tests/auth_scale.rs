@@ -171,3 +171,166 @@ fn every_failed_authentication_is_logged_counted_and_matched_by_fail2ban() {
     let matched = fail2ban_matches(&node);
     assert!(matched.contains("4 matched"), "{matched}\n{log}");
 }
+
+/// Standard base64 (the test builds key lines without a crate).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+/// `n` random ssh-ed25519 lines (random 32-byte blobs: ssh-key does not check
+/// that they are curve points), about 167 bytes each, as a key-distribution
+/// system writes them.
+fn many_keys(n: usize) -> String {
+    let blobs = random_bytes(32 * n, 17);
+    let mut out = String::with_capacity(n * 170);
+    for i in 0..n {
+        let mut wire = Vec::with_capacity(51);
+        wire.extend_from_slice(&11u32.to_be_bytes());
+        wire.extend_from_slice(b"ssh-ed25519");
+        wire.extend_from_slice(&32u32.to_be_bytes());
+        wire.extend_from_slice(&blobs[32 * i..32 * (i + 1)]);
+        out.push_str(&format!(
+            "ssh-ed25519 {} sender-{i:06}@hosts.example.com distributed 2026-11-30 by keysync (ldap group senders)\n",
+            base64(&wire)
+        ));
+    }
+    out
+}
+
+/// `ssh -i key alice@node true`, spawned.
+fn ssh_spawn_with_key(node: &Node, key: &Path) -> std::process::Child {
+    Command::new("/usr/bin/ssh")
+        .args(["-p", &node.port.to_string()])
+        .args(node.ssh_opts_with_key(key))
+        .arg("alice@127.0.0.1")
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn parses(node: &Node) -> usize {
+    node.log()
+        .lines()
+        .filter(|l| l.contains("authorized_keys file parsed"))
+        .count()
+}
+
+#[test]
+fn a_large_authorized_keys_file_is_parsed_once_per_change() {
+    let node = Node::start_opts(NodeOpts {
+        ssh_extra: "max_startups = 128\nlogin_grace_time = \"5m\"\n".into(),
+        extra: "[defender]\nmax_failures = 100000\n".into(),
+        ..NodeOpts::held()
+    });
+    let keys_file = node.dir.path().join("authorized_keys");
+    let own = std::fs::read_to_string(node.key.with_extension("pub")).unwrap();
+    let mut text = many_keys(300_000);
+    text.push_str(&own); // the worst case for a scan: last
+    std::fs::write(&keys_file, &text).unwrap();
+    eprintln!(
+        "authorized_keys: {} keys, {:.1} MB",
+        300_001,
+        text.len() as f64 / 1e6
+    );
+    drop(text);
+    std::thread::sleep(Duration::from_millis(1100)); // older than the racy window
+    std::fs::write(format!("/proc/{}/clear_refs", node.pid().unwrap()), "5").unwrap();
+    let rss0 = node.rss_kib();
+
+    // A known key, 6 logins (the first parses the file).
+    let f = node.src.join("k.bin");
+    random_file(&f, 100);
+    let mut times = Vec::new();
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        scp_o_ok(&node, &["k.bin", &node.target("alice", "")]);
+        times.push(t0.elapsed());
+    }
+    eprintln!(
+        "known key, login + 100-byte upload: first {:?}, then {:?}",
+        times[0],
+        &times[1..]
+    );
+    let rss_after_logins = node.rss_kib();
+
+    // 64 concurrent offers of a key that is not in the file.
+    let stranger = node.gen_key("stranger");
+    let t0 = Instant::now();
+    let kids: Vec<_> = (0..64)
+        .map(|_| ssh_spawn_with_key(&node, &stranger))
+        .collect();
+    for mut k in kids {
+        let st = wait_child(&mut k, Duration::from_secs(300));
+        assert!(!st.success(), "the unknown key is refused");
+    }
+    let flood = t0.elapsed();
+    let peak = node.peak_kib();
+    let refused = node
+        .log()
+        .matches("reason=\"key not in authorized_keys\"")
+        .count();
+    eprintln!(
+        "64 concurrent unknown-key offers: {flood:?}; RSS before {} MiB, after the logins {} MiB, peak {} MiB, now {} MiB; {refused} refusals logged",
+        rss0 / 1024,
+        rss_after_logins / 1024,
+        peak / 1024,
+        node.rss_kib() / 1024
+    );
+    assert!(refused >= 64, "{refused}");
+    assert_eq!(parses(&node), 1, "parsed once for 6 logins and 64 offers");
+    assert!(peak < 192 * 1024, "peak RSS {} MiB", peak / 1024);
+
+    // An edit takes effect at the next attempt (one new parse).
+    let late = node.gen_key("late");
+    let mut fh = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&keys_file)
+        .unwrap();
+    fh.write_all(&std::fs::read(late.with_extension("pub")).unwrap())
+        .unwrap();
+    drop(fh);
+    let out = node.scp_o_with_key(&late, &["k.bin", &node.target("alice", "")]);
+    assert!(
+        out.status.success(),
+        "a key added just now works: {}",
+        show(&out)
+    );
+    assert!(parses(&node) >= 2, "the edit is read");
+    std::thread::sleep(Duration::from_millis(1100));
+    scp_o_ok(&node, &["k.bin", &node.target("alice", "")]);
+    let settled = parses(&node);
+    scp_o_ok(&node, &["k.bin", &node.target("alice", "")]);
+    scp_o_ok(&node, &["k.bin", &node.target("alice", "")]);
+    assert_eq!(parses(&node), settled, "kept once the file is settled");
+}
+
+fn wait_child(k: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = k.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > timeout {
+            let _ = k.kill();
+            panic!("client still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
