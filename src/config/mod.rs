@@ -452,6 +452,14 @@ pub struct HealthConfig {
     pub max_backlog: u64,
     /// How often the spool is counted (free space, backlog, the spool gauges).
     pub census_interval: HumanDuration,
+    /// HTTP connections open at once; beyond it the oldest idle one is closed
+    /// to make room (a director's probe always gets in).
+    pub max_connections: usize,
+    /// An HTTP connection is closed when no complete request header arrives for
+    /// this long (a new connection or a kept-alive one).
+    pub idle_timeout: HumanDuration,
+    /// Largest request header (request line included); beyond: 431.
+    pub max_header_size: ByteSize,
 }
 
 impl Default for HealthConfig {
@@ -462,6 +470,9 @@ impl Default for HealthConfig {
             archive_failing_for: HumanDuration(Duration::from_secs(600)),
             max_backlog: 100_000,
             census_interval: HumanDuration(Duration::from_secs(2)),
+            max_connections: 256,
+            idle_timeout: HumanDuration(Duration::from_secs(10)),
+            max_header_size: ByteSize(8 << 10),
         }
     }
 }
