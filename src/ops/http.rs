@@ -250,3 +250,45 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, limits: Limits) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(flags: &[(bool, bool)]) -> Table {
+        let mut t = Table::default();
+        for (i, &(asked, busy)) in flags.iter().enumerate() {
+            t.open.insert(
+                i as u64,
+                Open {
+                    close: CancellationToken::new(),
+                    busy: Arc::new(AtomicBool::new(busy)),
+                    asked: Arc::new(AtomicBool::new(asked)),
+                },
+            );
+        }
+        t
+    }
+
+    fn left(t: &Table) -> Vec<u64> {
+        t.open.keys().copied().collect()
+    }
+
+    #[test]
+    fn room_is_made_by_closing_the_oldest_idle_connection() {
+        // (asked, busy) by age, oldest first
+        let mut t = table(&[(true, false), (false, false), (true, true)]);
+        assert!(t.make_room(4), "below the bound: nothing closed");
+        assert_eq!(left(&t), [0, 1, 2]);
+        let tok = t.open[&1].close.clone();
+        assert!(t.make_room(3));
+        assert_eq!(left(&t), [0, 2], "never asked anything: closed first");
+        assert!(tok.is_cancelled());
+        let mut t = table(&[(true, true), (true, false), (true, false)]);
+        assert!(t.make_room(3));
+        assert_eq!(left(&t), [0, 2], "else the oldest not answering");
+        let mut t = table(&[(true, true), (true, true)]);
+        assert!(!t.make_room(2), "all answering: the newcomer is closed");
+        assert_eq!(left(&t), [0, 1]);
+    }
+}

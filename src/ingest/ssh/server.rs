@@ -3,6 +3,10 @@
 //! channel requests: exec `scp -t` → the SCP sink, subsystem `sftp` → the SFTP
 //! server; every other exec, shell or pty request is refused. No shell, ever.
 //! Nothing here blocks: disk work runs in the protocol tasks and writer threads.
+//! Every failed authentication is logged (`ingestd::auth`, the lines
+//! `config/fail2ban/` matches) and counted by the defender: a refused key, a
+//! password or keyboard-interactive attempt (never offered), and a peer that
+//! asked to authenticate and left with nothing counted yet (`[preauth]`).
 
 use crate::config::Config;
 use crate::core::scp::exec::{parse_exec, ExecRequest};
