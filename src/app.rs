@@ -250,7 +250,8 @@ async fn run_node(cfg: Arc<Config>, path: Option<PathBuf>, set_log: SetLogFilter
             .await
             .with_context(|| format!("health.listen: cannot listen on {}", cfg.health.listen))?;
         // Not tracked: it answers 503 until the process exits.
-        tokio::spawn(ops::http::serve(l, health.clone()));
+        let limits = ops::http::Limits::from_config(&cfg.health);
+        tokio::spawn(ops::http::serve(l, health.clone(), limits));
     }
     shutdown.spawn(server::serve(
         shared.clone(),

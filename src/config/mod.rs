@@ -99,6 +99,9 @@ pub struct SshConfig {
     /// authorized_keys file(s); `%u` is replaced by the login name; `~` is $HOME;
     /// a `*` in the last component is a glob (e.g. `~/.ssh/*.pub`).
     pub authorized_keys: OneOrMany<String>,
+    /// Memory for the parsed authorized_keys files (parsed once per change;
+    /// least recently used files are dropped beyond it).
+    pub authorized_keys_cache: ByteSize,
     /// Authenticated SSH connections at once; more are refused with a message.
     pub max_sessions: usize,
     /// Authenticated connections from one source address at once.
@@ -239,6 +242,7 @@ impl Default for SshConfig {
             listen: OneOrMany::One("0.0.0.0:22".into()),
             host_key: OneOrMany::One("/etc/ingestd/ssh_host_ed25519_key".into()),
             authorized_keys: OneOrMany::One("/etc/ingestd/authorized_keys".into()),
+            authorized_keys_cache: ByteSize(64 << 20),
             max_sessions: 256,
             max_sessions_per_ip: 32,
             max_startups: 64,
@@ -461,6 +465,14 @@ pub struct HealthConfig {
     pub max_backlog: u64,
     /// How often the spool is counted (free space, backlog, the spool gauges).
     pub census_interval: HumanDuration,
+    /// HTTP connections open at once; beyond it the oldest idle one is closed
+    /// to make room (a director's probe always gets in).
+    pub max_connections: usize,
+    /// An HTTP connection is closed when no complete request header arrives for
+    /// this long (a new connection or a kept-alive one).
+    pub idle_timeout: HumanDuration,
+    /// Largest request header (request line included); beyond: 431.
+    pub max_header_size: ByteSize,
 }
 
 impl Default for HealthConfig {
@@ -471,6 +483,9 @@ impl Default for HealthConfig {
             archive_failing_for: HumanDuration(Duration::from_secs(600)),
             max_backlog: 100_000,
             census_interval: HumanDuration(Duration::from_secs(2)),
+            max_connections: 256,
+            idle_timeout: HumanDuration(Duration::from_secs(10)),
+            max_header_size: ByteSize(8 << 10),
         }
     }
 }

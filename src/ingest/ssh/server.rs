@@ -3,6 +3,10 @@
 //! channel requests: exec `scp -t` → the SCP sink, subsystem `sftp` → the SFTP
 //! server; every other exec, shell or pty request is refused. No shell, ever.
 //! Nothing here blocks: disk work runs in the protocol tasks and writer threads.
+//! Every failed authentication is logged (`ingestd::auth`, the lines
+//! `config/fail2ban/` matches) and counted by the defender: a refused key, a
+//! password or keyboard-interactive attempt (never offered), and a peer that
+//! asked to authenticate and left with nothing counted yet (`[preauth]`).
 
 use crate::config::Config;
 use crate::core::scp::exec::{parse_exec, ExecRequest};
@@ -107,13 +111,15 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let gate = Gate::new(shared.cfg.clone(), shared.connections.clone());
+    let keys = auth::KeyCache::new(shared.cfg.ssh.authorized_keys_cache.0);
     let mut tasks = Vec::new();
     for l in listeners {
-        let (shared, config, sd, gate) = (
+        let (shared, config, sd, gate, keys) = (
             shared.clone(),
             config.clone(),
             shutdown.clone(),
             gate.clone(),
+            keys.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -137,7 +143,7 @@ pub async fn serve(
                 };
                 let evicted = ticket.evicted();
                 let _ = sock.set_nodelay(true);
-                let handler = Conn::new(shared.clone(), peer, sd.clone(), ticket, gate.clone());
+                let handler = Conn::new(shared.clone(), peer, sd.clone(), ticket, gate.clone(), keys.clone());
                 let watch = handler.watch.clone();
                 let config = config.clone();
                 let (sd2, cfg) = (sd.clone(), shared.cfg.clone());
@@ -269,6 +275,9 @@ struct Watch {
     authenticated: Arc<AtomicBool>,
     /// Channel data bytes received so far.
     received: Arc<AtomicU64>,
+    /// The node closed this connection (grace time, eviction, stopping, too
+    /// slow): its end is not the peer giving up on authentication.
+    closed_by_us: Arc<AtomicBool>,
 }
 
 /// Wait for one connection to end, enforcing what russh does not: the login
@@ -300,8 +309,10 @@ async fn connection(
     // A polite SSH disconnect with the reason; the socket is cut a second later
     // in case the peer is not at a point where it can be sent or heard.
     let kill2 = kill.clone();
+    let closed_by_us = w.closed_by_us.clone();
     let bye = |msg: String| {
         let (handle, kill) = (handle.clone(), kill2.clone());
+        closed_by_us.store(true, Ordering::SeqCst);
         async move {
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -387,6 +398,38 @@ pub struct Conn {
     session_metric: crate::ops::metrics::SessionMetric,
     /// This connection's share of open uploads and buffered bytes.
     limits: Arc<crate::ingest::limits::ConnLimits>,
+    /// What the peer tried before authenticating (for the line logged when it
+    /// gives up): see [`AuthTrace`].
+    trace: AuthTrace,
+    /// The login grace time ends (the grace line is logged by the connection task).
+    grace: std::time::Instant,
+    /// Cancelled when this connection is evicted under `ssh.max_startups`.
+    evicted: tokio_util::sync::CancellationToken,
+    /// The parsed authorized_keys files (shared by every connection).
+    keys: Arc<auth::KeyCache>,
+}
+
+/// The authentication methods a peer tried on one connection, and how many of
+/// its failures were already counted (logged as `authentication failed`).
+#[derive(Default)]
+struct AuthTrace {
+    /// The last login name asked for (`None`: no authentication request yet).
+    user: Option<String>,
+    /// Methods tried, in order, each once ("none", "publickey", ...).
+    methods: Vec<&'static str>,
+    /// Failures already logged and counted by the defender.
+    counted: u32,
+}
+
+impl AuthTrace {
+    fn tried(&mut self, user: &str, method: &'static str) {
+        if self.user.as_deref() != Some(user) {
+            self.user = Some(user.to_string());
+        }
+        if !self.methods.contains(&method) {
+            self.methods.push(method);
+        }
+    }
 }
 
 impl Conn {
@@ -396,7 +439,10 @@ impl Conn {
         shutdown: Shutdown,
         ticket: Ticket,
         gate: Arc<Gate>,
+        keys: Arc<auth::KeyCache>,
     ) -> Conn {
+        let shared_grace = shared.cfg.ssh.login_grace_time.0;
+        let evicted = ticket.evicted();
         Conn {
             session_metric: shared.metrics.session_opened(),
             limits: shared.limits.connection(),
@@ -410,29 +456,57 @@ impl Conn {
             gate,
             watch: Watch::default(),
             shutdown,
+            trace: AuthTrace::default(),
+            grace: std::time::Instant::now() + shared_grace,
+            evicted,
+            keys,
         }
     }
 
     /// Log one failed authentication in the stable format fail2ban reads (see
     /// `config/fail2ban/`), count it, and close the connection if the address
-    /// is now banned.
+    /// is now banned. `key`: the key offered (publickey), else `method` names
+    /// what was tried (password, keyboard-interactive).
     fn auth_failure(
         &mut self,
         user: &str,
-        key: &russh::keys::PublicKey,
+        method: &'static str,
+        key: Option<&russh::keys::PublicKey>,
         reason: &str,
     ) -> Result<(), russh::Error> {
-        tracing::info!(
-            target: "ingestd::auth",
-            remote_ip = %self.peer.ip(),
-            remote_port = self.peer.port(),
-            user = ?user,
-            key_type = %key.algorithm().as_str(),
-            fingerprint = %key.fingerprint(Default::default()),
-            reason = ?reason,
-            "authentication failed"
-        );
-        self.shared.metrics.auth_failure(auth_reason_class(reason));
+        match key {
+            Some(key) => tracing::info!(
+                target: "ingestd::auth",
+                remote_ip = %self.peer.ip(),
+                remote_port = self.peer.port(),
+                user = ?user,
+                key_type = %key.algorithm().as_str(),
+                fingerprint = %key.fingerprint(Default::default()),
+                reason = ?reason,
+                "authentication failed"
+            ),
+            None => tracing::info!(
+                target: "ingestd::auth",
+                remote_ip = %self.peer.ip(),
+                remote_port = self.peer.port(),
+                user = ?user,
+                method,
+                reason = ?reason,
+                "authentication failed"
+            ),
+        }
+        self.trace.counted += 1;
+        let class = if key.is_some() {
+            auth_reason_class(reason)
+        } else {
+            "method_not_offered"
+        };
+        self.count_failure(class)
+    }
+
+    /// Count one failure towards the defender's ban (and the metrics).
+    fn count_failure(&self, class: &'static str) -> Result<(), russh::Error> {
+        self.shared.metrics.auth_failure(class);
         match self.gate.auth_failed(self.peer.ip()) {
             Some(new_ban) => {
                 if new_ban {
@@ -462,10 +536,7 @@ impl Conn {
 
     async fn check_key(&self, user: &str, key: &russh::keys::PublicKey) -> Result<(), String> {
         let pats = self.shared.authorized_keys();
-        let (user2, key2, ip) = (user.to_string(), key.clone(), self.peer.ip());
-        tokio::task::spawn_blocking(move || auth::check(&pats, &user2, Some(ip), &key2))
-            .await
-            .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+        self.keys.check(pats, user, Some(self.peer.ip()), key).await
     }
 
     /// Refuse a channel request: a one-line message on stderr, exit status 1, close.
@@ -507,18 +578,91 @@ impl Conn {
     }
 }
 
+/// A peer that asked to authenticate and went away unauthenticated, without
+/// any failure logged yet (it only asked "none", or probed a key and never
+/// signed), is logged like OpenSSH's "Connection closed by authenticating
+/// user ... [preauth]" and counts as one failed attempt. Not when the node
+/// closed it (grace time, eviction, stopping: logged where that happens), nor
+/// a peer that never asked to authenticate (a director's TCP check, a scan of
+/// host keys), nor one whose failures were logged already.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(user) = self.trace.user.take() else {
+            return;
+        };
+        if self.watch.authenticated.load(Ordering::SeqCst)
+            || self.trace.counted > 0
+            || self.watch.closed_by_us.load(Ordering::SeqCst)
+            || self.evicted.is_cancelled()
+            || std::time::Instant::now() >= self.grace
+        {
+            return;
+        }
+        tracing::info!(
+            target: "ingestd::auth",
+            remote_ip = %self.peer.ip(),
+            remote_port = self.peer.port(),
+            user = ?user,
+            methods = %self.trace.methods.join(","),
+            "connection closed by authenticating user [preauth]"
+        );
+        let _ = self.count_failure("closed_preauth");
+    }
+}
+
 impl Handler for Conn {
     type Error = russh::Error;
+
+    /// OpenSSH clients always ask "none" first to learn the methods: not a
+    /// failure by itself (see [`Conn`]'s `Drop` for a peer that stops there).
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.trace.tried(user, "none");
+        Ok(Auth::reject())
+    }
+
+    /// Never offered (only publickey is): a client sending a password anyway
+    /// is guessing. Logged and counted like a refused key.
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.trace.tried(user, "password");
+        self.auth_failure(
+            user,
+            "password",
+            None,
+            "password authentication is not offered",
+        )?;
+        Ok(Auth::reject())
+    }
+
+    /// Never offered either; the first request of an exchange (no responses
+    /// yet) is logged and counted, and refused at once.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.trace.tried(user, "keyboard-interactive");
+        if response.is_none() {
+            self.auth_failure(
+                user,
+                "keyboard-interactive",
+                None,
+                "keyboard-interactive authentication is not offered",
+            )?;
+        }
+        Ok(Auth::reject())
+    }
 
     async fn auth_publickey_offered(
         &mut self,
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.trace.tried(user, "publickey");
         match self.verdict(user, offer.public_key, offer.algorithm).await {
             Ok(()) => Ok(Auth::Accept),
             Err(reason) => {
-                self.auth_failure(user, offer.public_key, &reason)?;
+                self.auth_failure(user, "publickey", Some(offer.public_key), &reason)?;
                 Ok(Auth::reject())
             }
         }
@@ -529,6 +673,7 @@ impl Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.trace.tried(user, "publickey");
         match self.verdict(user, key.public_key, key.algorithm).await {
             Ok(()) => {
                 self.user = user.to_string();
@@ -541,7 +686,7 @@ impl Handler for Conn {
                 Ok(Auth::Accept)
             }
             Err(reason) => {
-                self.auth_failure(user, key.public_key, &reason)?;
+                self.auth_failure(user, "publickey", Some(key.public_key), &reason)?;
                 Ok(Auth::reject())
             }
         }
