@@ -381,7 +381,7 @@ fn dashboard_and_rules_use_exported_metrics() {
 fn reload_of_a_truncated_config_changes_nothing() {
     let mut node = Node::start_opts(NodeOpts {
         ssh_extra: "max_sessions = 256\n".into(),
-        ..Default::default()
+        ..NodeOpts::held()
     });
     let full = fs::read_to_string(&node.config_path).unwrap();
     let refused = || {

@@ -1167,7 +1167,17 @@ pub fn assert_still_serves(node: &Node, protocol: &str) {
     for _ in 0..50 {
         let landed = node.landed();
         if landed.iter().any(|e| e.record.path == name) {
-            let e = find_one(&landed, name);
+            // One listing of the state directories can see an entry twice while
+            // the pipeline renames it from one to the next: count distinct ids.
+            let mut ids: Vec<&str> = landed
+                .iter()
+                .filter(|e| e.record.path == name)
+                .map(|e| e.record.id.as_str())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), 1, "{name} landed more than once: {ids:?}");
+            let e = landed.iter().find(|e| e.record.path == name).unwrap();
             if let Ok(data) = fs::read(e.data_path()) {
                 assert_record(e, &content, name, protocol);
                 assert!(
