@@ -132,8 +132,9 @@ fn deep_output_tree() {
 }
 
 fn node_alive(node: &Node) -> bool {
-    node.pid()
-        .is_some_and(|p| fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+    node.pid().is_some_and(|p| {
+        fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    })
 }
 
 /// (b) A command that kills the daemon: each restart counts the interrupted attempt,
@@ -146,11 +147,19 @@ fn a_step_that_kills_the_node_is_quarantined_after_max_attempts() {
     upload(&node, "killer.dat", 1000);
     let mut crashes = 0;
     while count(&node, "quarantine") == 0 {
-        assert!(crashes < 8, "still crashing after {crashes} restarts:\n{}", node.log());
+        assert!(
+            crashes < 8,
+            "still crashing after {crashes} restarts:\n{}",
+            node.log()
+        );
         let down = poll(Duration::from_secs(20), || {
             (!node.is_running() || count(&node, "quarantine") == 1).then_some(())
         });
-        assert!(down.is_some(), "neither crashed nor quarantined:\n{}", node.log());
+        assert!(
+            down.is_some(),
+            "neither crashed nor quarantined:\n{}",
+            node.log()
+        );
         if !node.is_running() {
             crashes += 1;
             node.restart();
