@@ -149,19 +149,8 @@ pub async fn run_observed(
         let work = spool.root().join(crate::spool::WORK);
         let _ = tokio::task::spawn_blocking(move || sweep_process_leftovers(&work)).await;
     }
-    // Adopted orphans of process commands that end on their own are reaped here.
-    let reaper_task = cfg.process.as_ref().map(|_| {
-        reaper::enable();
-        tokio::spawn(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut sig) = signal(SignalKind::child()) else {
-                return;
-            };
-            while sig.recv().await.is_some() {
-                let _ = tokio::task::spawn_blocking(reaper::reap_adopted).await;
-            }
-        })
-    });
+    // Orphans of process commands are re-parented to the daemon (see `reaper`).
+    let reaping = cfg.process.is_some() && reaper::enable();
 
     let process_notify = Arc::new(Notify::new());
     let forward_notify = Arc::new(Notify::new());
@@ -228,14 +217,13 @@ pub async fn run_observed(
     }
     sh.steps.close();
     sh.steps.wait().await;
-    if let Some(t) = reaper_task {
-        let n = tokio::task::spawn_blocking(reaper::sweep_orphans)
+    if reaping {
+        let n = tokio::task::spawn_blocking(|| reaper::after_step(None))
             .await
             .unwrap_or(0);
         if n > 0 {
             tracing::warn!(killed = n, "killed processes left by process commands");
         }
-        t.abort();
     }
     tracing::info!("pipeline stopped");
 }

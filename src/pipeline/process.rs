@@ -293,13 +293,10 @@ pub async fn run_command(
     // Whatever happened, nothing the command started may outlive the attempt: its
     // tree (while its pid is not reaped yet, so it cannot have been reused), every
     // orphan of it the daemon adopted, and its process group.
-    let root = if matches!(end, End::Exited(_)) {
-        None
-    } else {
-        pgid
-    };
-    let id = rec.id.clone();
-    let _ = tokio::task::spawn_blocking(move || reaper::kill_step(root, &id)).await;
+    if let (false, Some(root)) = (matches!(end, End::Exited(_)), pgid) {
+        let id = rec.id.clone();
+        let _ = tokio::task::spawn_blocking(move || reaper::kill_step(root, &id)).await;
+    }
     if let Some(pg) = pgid {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pg),
@@ -310,7 +307,8 @@ pub async fn run_command(
         let _ = child.wait().await;
     }
     drop(direct);
-    let _ = tokio::task::spawn_blocking(reaper::sweep_orphans).await;
+    let id = rec.id.clone();
+    let _ = tokio::task::spawn_blocking(move || reaper::after_step(Some(&id))).await;
     let tail = match tokio::time::timeout(Duration::from_secs(2), reader).await {
         Ok(Ok(t)) => t,
         _ => Vec::new(),
@@ -602,6 +600,46 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(r, Err(StepError::Interrupted)));
+    }
+
+    /// What the crash-loop and orphan guards cost per process step (run by hand:
+    /// `cargo test --release --lib measure_step_overhead -- --ignored --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn measure_step_overhead() {
+        let t = tempfile::tempdir().unwrap();
+        let n = 200u32;
+        let entry = t.path().join("e");
+        fs::create_dir(&entry).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..n {
+            write_atomic(&entry.join(RUNNING), b"{}").unwrap();
+            fs::remove_file(entry.join(RUNNING)).unwrap();
+        }
+        let mark = t0.elapsed() / n;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            reaper::after_step(Some("nobody"));
+        }
+        let reap = t0.elapsed() / n;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let _ = reaper::table();
+        }
+        let scan = t0.elapsed() / n;
+        let procs = reaper::table().len();
+        let rx = Shutdown::new();
+        let p = pc("exit 0", Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..n {
+            run_command(&p, t.path(), t.path(), &rec(), 1, &rx)
+                .await
+                .unwrap();
+        }
+        let cmd = t0.elapsed() / n;
+        eprintln!(
+            "per step: running mark (write+fsync file+dir, unlink) {mark:?}; after_step with no child {reap:?}, a process-table scan {scan:?} ({procs} processes); whole run_command of `sh -c 'exit 0'` {cmd:?}"
+        );
     }
 
     #[test]
