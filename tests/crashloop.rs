@@ -31,6 +31,13 @@ fn quarantined_state(node: &Node) -> String {
     fs::read_to_string(e.path().join("state.json")).unwrap_or_default()
 }
 
+/// The `state.json` of the one entry in `archived/` ("" when it has none).
+fn archived_state(node: &Node) -> String {
+    let a = node.state_dir("archived");
+    let e = fs::read_dir(&a).unwrap().next().unwrap().unwrap();
+    fs::read_to_string(e.path().join("state.json")).unwrap_or_default()
+}
+
 fn forwarded(node: &Node) -> usize {
     fs::read_dir(&node.outgoing).map(|r| r.count()).unwrap_or(0)
 }
@@ -223,6 +230,9 @@ fn setsid_children_die_at_stop_and_after_a_crash_restart() {
     let left = alive(&pids, &m);
     assert!(left.is_empty(), "left behind by a graceful stop: {left:?}");
 
+    // a graceful stop is not an attempt
+    let st = archived_state(&node);
+    assert!(!st.contains("the node stopped"), "{st}");
     node.restart();
     let pids = two(&node);
     node.kill9();
@@ -234,6 +244,12 @@ fn setsid_children_die_at_stop_and_after_a_crash_restart() {
     node.restart();
     must(&node, "the crashed daemon's children killed", LONG, || {
         alive(&pids, &m).is_empty().then_some(())
+    });
+    // ... and a kill -9 is one
+    must(&node, "the stop counted", LONG, || {
+        archived_state(&node)
+            .contains("the node stopped during this step 1 time")
+            .then_some(())
     });
     node.stop();
     let left = procs_with(&m);

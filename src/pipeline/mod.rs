@@ -228,8 +228,21 @@ pub async fn run_observed(
     tracing::info!("pipeline stopped");
 }
 
+/// Whether a name in `work/` is a process command's output directory
+/// (`<id>.<attempt>-<nonce>`) or a stale `out/` (`<id>.stale-<nonce>`).
+fn is_process_output(name: &str) -> bool {
+    let Some((id, tail)) = name.rsplit_once('.') else {
+        return false;
+    };
+    !id.is_empty()
+        && (tail.starts_with("stale-")
+            || tail.split_once('-').is_some_and(|(a, n)| {
+                !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && n.len() == 8
+            }))
+}
+
 /// Remove what is left in `work/` of process commands' output directories
-/// (`<id>.<attempt>-<nonce>`, `<id>.stale-<nonce>`), iteratively.
+/// (those the spool's start-up sweep could not remove), iteratively.
 fn sweep_process_leftovers(work: &std::path::Path) {
     let Ok(rd) = std::fs::read_dir(work) else {
         return;
@@ -237,14 +250,7 @@ fn sweep_process_leftovers(work: &std::path::Path) {
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some((_, tail)) = name.rsplit_once('.') else {
-            continue;
-        };
-        let ours = tail.starts_with("stale-")
-            || tail.split_once('-').is_some_and(|(a, n)| {
-                !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && n.len() == 8
-            });
-        if ours {
+        if is_process_output(name) {
             if let Err(err) = fsx::remove_tree(&e.path()) {
                 tracing::warn!(path = ?e.path(), error = ?err.to_string(), "cannot remove a process output directory");
             }
