@@ -75,6 +75,14 @@ fn procs_with(marker: &str) -> Vec<u32> {
     v
 }
 
+/// Whether a live process has exactly `arg` among its arguments.
+fn proc_with_arg(arg: &str) -> bool {
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+    })
+}
+
 fn alive(pids: &[u32], marker: &str) -> Vec<u32> {
     let now = procs_with(marker);
     pids.iter().copied().filter(|p| now.contains(p)).collect()
@@ -90,10 +98,16 @@ fn marker() -> String {
 }
 
 /// A command that starts two `setsid` sleeps carrying `m` (one whose parent exits at
-/// once, so it is orphaned), then hangs.
-fn setsid_command(m: &str) -> String {
+/// once, so it is orphaned), then hangs. With `no_env`, a third orphan drops the
+/// environment (so no `INGEST_ID` names its step).
+fn setsid_command(m: &str, no_env: bool) -> String {
+    let third = if no_env {
+        format!("(env -i \"$(command -v setsid)\" \"$(command -v sleep)\" {m}3 &); ")
+    } else {
+        String::new()
+    };
     format!(
-        "[process]\ncommand = [\"/bin/sh\", \"-c\", 'setsid sleep {m}1 & (setsid sleep {m}2 &); sleep 1000']\n"
+        "[process]\ncommand = [\"/bin/sh\", \"-c\", '{third}setsid sleep {m}1 & (setsid sleep {m}2 &); sleep 1000']\n"
     )
 }
 
@@ -190,11 +204,14 @@ fn setsid_children_die_with_a_timed_out_step() {
     let m = marker();
     let node = Node::start_with(&format!(
         "{}timeout = \"1s\"\n[retry]\nmax_attempts = 3\ninitial_backoff = \"100ms\"\nmax_backoff = \"200ms\"\n[pipeline]\nrescan_interval = \"500ms\"\n",
-        setsid_command(&m)
+        setsid_command(&m, true)
     ));
     upload(&node, "slow.dat", 1000);
     let mut seen = Vec::new();
+    let mut env_less = false;
+    let third = format!("{m}3");
     must(&node, "quarantine after 3 timeouts", LONG, || {
+        env_less |= proc_with_arg(&third);
         for p in procs_with(&m) {
             if !seen.contains(&p) {
                 seen.push(p);
@@ -202,7 +219,8 @@ fn setsid_children_die_with_a_timed_out_step() {
         }
         (count(&node, "quarantine") == 1).then_some(())
     });
-    assert!(seen.len() >= 2, "the command never started its children");
+    assert!(seen.len() >= 3, "the command never started its children");
+    assert!(env_less, "the orphan without environment never ran");
     std::thread::sleep(Duration::from_millis(300));
     let left = procs_with(&m);
     assert!(left.is_empty(), "left behind: {left:?} (seen {seen:?})");
@@ -216,7 +234,7 @@ fn setsid_children_die_at_stop_and_after_a_crash_restart() {
     let m = marker();
     let mut node = Node::start_with(&format!(
         "{}timeout = \"10m\"\n[retry]\nmax_attempts = 5\ninitial_backoff = \"100ms\"\nmax_backoff = \"200ms\"\n",
-        setsid_command(&m)
+        setsid_command(&m, false)
     ));
     upload(&node, "hang.dat", 1000);
     let two = |node: &Node| {
