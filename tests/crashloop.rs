@@ -152,6 +152,44 @@ fn deep_output_tree() {
     });
 }
 
+/// (a, after a crash) The daemon is killed while a 30,000-level tree sits in the
+/// output dir: the restart removes it (the spool's own start-up sweep may not:
+/// std's removal is recursive) and counts the stop; the entry then completes.
+#[test]
+fn a_deep_tree_left_by_a_crash_is_removed_at_restart() {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(deep_tree_after_crash)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn deep_tree_after_crash() {
+    require_tool("python3");
+    let flag = std::env::temp_dir().join(format!("crashloop-deep-{}", marker()));
+    let script = format!(
+        "if [ \"$INGEST_ATTEMPT\" = 1 ]; then python3 -c \"import os\nos.chdir(os.environ['INGEST_OUTPUT_DIR'])\nfor _ in range(30000):\n    os.mkdir('d'); os.chdir('d')\"; touch {}; sleep 1000; fi; cp \"$INGEST_INPUT\" \"$INGEST_OUTPUT_DIR/copy\"",
+        flag.display()
+    );
+    let mut node = Node::start_with(&format!(
+        "[process]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''']\ntimeout = \"10m\"\n[retry]\nmax_attempts = 3\ninitial_backoff = \"100ms\"\nmax_backoff = \"200ms\"\n"
+    ));
+    upload(&node, "deep.dat", 1000);
+    must(&node, "the deep tree built", LONG, || {
+        flag.exists().then_some(())
+    });
+    let _ = fs::remove_file(&flag);
+    node.kill9();
+    assert_eq!(count(&node, "work"), 1, "the tree should be left in work/");
+    node.restart();
+    must(&node, "the entry forwarded after the restart", LONG, || {
+        (forwarded(&node) == 1).then_some(())
+    });
+    assert!(node.is_running(), "{}", node.log());
+    assert_eq!(count(&node, "work"), 0, "{}", node.log());
+}
+
 fn node_alive(node: &Node) -> bool {
     node.pid().is_some_and(|p| {
         fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))
