@@ -7,6 +7,7 @@ pub mod authkeys;
 pub mod defender;
 pub mod naming;
 pub mod netmatch;
+pub mod procs;
 pub mod record;
 pub mod scp;
 pub mod sftp;

@@ -34,6 +34,7 @@ pub mod forward;
 pub mod fsx;
 pub mod process;
 pub mod products;
+pub mod reaper;
 pub mod state;
 
 use crate::config::Config;
@@ -141,6 +142,16 @@ pub async fn run_observed(
         .await;
     }
 
+    // Output directories of process commands the spool's start-up sweep could not
+    // remove (a tree too deep for a recursive removal): removed without recursion,
+    // before any step runs.
+    {
+        let work = spool.root().join(crate::spool::WORK);
+        let _ = tokio::task::spawn_blocking(move || sweep_process_leftovers(&work)).await;
+    }
+    // Orphans of process commands are re-parented to the daemon (see `reaper`).
+    let reaping = cfg.process.is_some() && reaper::enable();
+
     let process_notify = Arc::new(Notify::new());
     let forward_notify = Arc::new(Notify::new());
     let root = spool.root().to_path_buf();
@@ -206,7 +217,45 @@ pub async fn run_observed(
     }
     sh.steps.close();
     sh.steps.wait().await;
+    if reaping {
+        let n = tokio::task::spawn_blocking(|| reaper::after_step(None))
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::warn!(killed = n, "killed processes left by process commands");
+        }
+    }
     tracing::info!("pipeline stopped");
+}
+
+/// Whether a name in `work/` is a process command's output directory
+/// (`<id>.<attempt>-<nonce>`) or a stale `out/` (`<id>.stale-<nonce>`).
+fn is_process_output(name: &str) -> bool {
+    let Some((id, tail)) = name.rsplit_once('.') else {
+        return false;
+    };
+    !id.is_empty()
+        && (tail.starts_with("stale-")
+            || tail.split_once('-').is_some_and(|(a, n)| {
+                !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && n.len() == 8
+            }))
+}
+
+/// Remove what is left in `work/` of process commands' output directories
+/// (those the spool's start-up sweep could not remove), iteratively.
+fn sweep_process_leftovers(work: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_process_output(name) {
+            if let Err(err) = fsx::remove_tree(&e.path()) {
+                tracing::warn!(path = ?e.path(), error = ?err.to_string(), "cannot remove a process output directory");
+            }
+        }
+    }
 }
 
 async fn stage_loop(sh: Arc<Shared>, st: Arc<Stage>) {
@@ -268,6 +317,29 @@ fn scan_pass(sh: &Arc<Shared>, st: &Arc<Stage>, handle: &tokio::runtime::Handle)
         if pause > now {
             note(pause);
             break;
+        }
+        if st.kind == Kind::Process {
+            if let Some((reason, r, killed)) =
+                process::recover_stale_mark(sh.spool.root(), &id, &sh.cfg.retry)
+            {
+                let step = state::STEP_PROCESS;
+                match r {
+                    Ok(state::AfterFailure::Retry { attempts, .. }) => {
+                        sh.obs.step(step, Outcome::Failed(&reason), Duration::ZERO);
+                        tracing::warn!(id, step, attempts, reason = ?reason, killed, "the node stopped during this step; counted as a failed attempt");
+                    }
+                    Ok(state::AfterFailure::Quarantined { attempts }) => {
+                        sh.obs
+                            .step(step, Outcome::Quarantined(&reason), Duration::ZERO);
+                        tracing::error!(id, step, attempts, reason = ?reason, killed, "the node stopped during this step; giving up, entry quarantined");
+                    }
+                    Err(err) => {
+                        tracing::error!(id, step, error = ?err.to_string(), "the node stopped during this step; cannot record the failure");
+                    }
+                }
+                note(now + sh.cfg.retry.initial_backoff.0.as_millis() as u64);
+                continue;
+            }
         }
         match state::load(&e.path()) {
             Ok(Some(s)) if s.next_try_ms > now => {

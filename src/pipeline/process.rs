@@ -21,17 +21,33 @@
 //! failed attempt. After the command exits its process group is killed too, so a
 //! straggler cannot write into the products after they were made durable.
 //!
+//! Descendants that left the group (`setsid`) are killed too: see [`reaper`].
+//!
+//! Before the command starts, the entry gets a durable mark `running.json` (written
+//! atomically, fsynced with the entry directory) naming this daemon (pid and start
+//! time); every end of the attempt removes it (a graceful stop too: an interrupted
+//! attempt is not counted). A mark left by a daemon that is not running any more
+//! means the node stopped during the step (a crash, a kill, a power cut — maybe
+//! caused by the command): [`recover_stale_mark`] kills what is left of the
+//! command and counts a failed attempt, "the node stopped during this step N
+//! times", so such an entry is quarantined after `retry.max_attempts` instead of
+//! crashing every restart. Only this step is marked: archive and forward run no
+//! foreign code, and their many small files would pay one more fsync each.
+//!
 //! On success the products are hashed and fsynced, their manifest is written to
 //! `products.json` in the entry, the output directory is renamed to `<entry>/out`,
 //! and the entry is renamed `archived/<id>` → `processed/<id>`.
 
 use super::fsx::{self, Failure, StepError};
-use super::products::{Product, OUT, PRODUCTS};
+use super::products::{Product, MAX_PRODUCT_DEPTH, OUT, PRODUCTS};
+use super::reaper;
 use super::state;
-use crate::config::ProcessConfig;
-use crate::core::record::Record;
+use crate::config::{ProcessConfig, RetryConfig};
+use crate::core::record::{Attempt, Record};
 use crate::shutdown::Shutdown;
-use crate::spool::{fsync_dir, read_record, write_atomic, ARCHIVED, DATA, PROCESSED, WORK};
+use crate::spool::{
+    fsync_dir, read_record, write_atomic, ARCHIVED, DATA, PROCESSED, QUARANTINE, WORK,
+};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
@@ -43,6 +59,19 @@ use tokio::io::AsyncReadExt;
 
 /// Bytes of stderr kept with a failed attempt.
 pub const STDERR_TAIL: usize = 4096;
+/// The mark of a process step in progress, in the entry directory.
+pub const RUNNING: &str = "running.json";
+/// The reason recorded for an attempt cut short by the node stopping.
+pub const NODE_STOPPED: &str = "the node stopped during this step";
+
+/// Contents of [`RUNNING`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RunMark {
+    step: String,
+    daemon_pid: u32,
+    daemon_start_ticks: u64,
+    started_at: String,
+}
 /// Entry without a process command: the landed file is the product.
 pub fn identity(spool_root: &Path, id: &str) -> Result<(), StepError> {
     let entry = spool_root.join(ARCHIVED).join(id);
@@ -87,11 +116,76 @@ pub async fn process(
         }
         Err(e) => Err(e),
     };
-    if res.is_err() {
-        let o = outdir.clone();
-        let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(o)).await;
+    if let Err(e) = &res {
+        // A failure is recorded in state.json next (whose write fsyncs the entry
+        // directory, so the mark's removal is durable with it); an interruption or
+        // an outage records nothing: fsync here.
+        let sync = !matches!(e, StepError::Failed(_) | StepError::Gone);
+        let (o, entry) = (outdir.clone(), entry.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            clear_mark(&entry, sync);
+            fsx::remove_tree(&o)
+        })
+        .await;
     }
     res
+}
+
+fn clear_mark(entry: &Path, sync: bool) {
+    match fs::remove_file(entry.join(RUNNING)) {
+        Ok(()) if sync => {
+            let _ = fsync_dir(entry);
+        }
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::error!(entry = ?entry, error = ?e.to_string(), "cannot remove the step's running mark")
+        }
+    }
+}
+
+/// If `archived/<id>` holds a [`RUNNING`] mark of a daemon that is not running
+/// any more (a mark of this daemon is a step in flight: left alone), the node
+/// stopped during its process step: kill what is left of the command, record a
+/// failed attempt ([`NODE_STOPPED`]) and remove the mark. Returns the reason, the
+/// outcome and how many leftover processes were killed; `None` without a stale mark.
+pub fn recover_stale_mark(
+    spool_root: &Path,
+    id: &str,
+    retry: &RetryConfig,
+) -> Option<(String, io::Result<state::AfterFailure>, usize)> {
+    let entry = spool_root.join(ARCHIVED).join(id);
+    let bytes = fs::read(entry.join(RUNNING)).ok()?;
+    let mark: Option<RunMark> = serde_json::from_slice(&bytes).ok();
+    let started_at = match mark {
+        Some(m) if (m.daemon_pid, m.daemon_start_ticks) == reaper::identity() => return None,
+        Some(m) => m.started_at,
+        None => state::rfc3339_now(), // torn by hand: still a stop during the step
+    };
+    let killed = reaper::kill_leftovers(id);
+    let before = state::load(&entry).ok().flatten().map_or(0, |s| {
+        s.history
+            .iter()
+            .filter(|a| a.step == state::STEP_PROCESS && a.reason.starts_with(NODE_STOPPED))
+            .count()
+    });
+    let n = before + 1;
+    let reason = format!("{NODE_STOPPED} {n} time{}", if n == 1 { "" } else { "s" });
+    let attempt = Attempt {
+        step: state::STEP_PROCESS.to_string(),
+        at: started_at,
+        reason: reason.clone(),
+        exit_code: None,
+        stderr_tail: None,
+    };
+    let r = state::record_failure(spool_root, ARCHIVED, id, attempt, retry);
+    for dir in [ARCHIVED, QUARANTINE] {
+        let e = spool_root.join(dir).join(id);
+        if fs::remove_file(e.join(RUNNING)).is_ok() {
+            let _ = fsync_dir(&e);
+        }
+    }
+    Some((reason, r, killed))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -118,6 +212,18 @@ fn prepare(entry: &Path, work: &Path, id: &str) -> Result<(Record, u32, PathBuf)
     let _ = fs::set_permissions(&data, fs::Permissions::from_mode(0o400));
     let outdir = work.join(format!("{id}.{attempt}-{}", fsx::nonce()));
     fs::create_dir(&outdir).map_err(|e| fsx::spool_error("creating output dir", entry, e))?;
+    let (daemon_pid, daemon_start_ticks) = reaper::identity();
+    let mark = RunMark {
+        step: state::STEP_PROCESS.to_string(),
+        daemon_pid,
+        daemon_start_ticks,
+        started_at: state::rfc3339_now(),
+    };
+    let json = serde_json::to_vec(&mark).map_err(|e| StepError::failed(e.to_string()))?;
+    if let Err(e) = write_atomic(&entry.join(RUNNING), &json) {
+        let _ = fs::remove_dir(&outdir);
+        return Err(fsx::spool_error("marking the step started", entry, e));
+    }
     Ok((rec, attempt, outdir))
 }
 
@@ -146,8 +252,7 @@ pub async fn run_command(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
+    let (mut child, direct) = reaper::spawn(&mut cmd)
         .map_err(|e| StepError::failed(format!("cannot start {:?}: {e}", pc.command[0])))?;
     let pgid = child.id().map(|p| p as i32);
     let mut stderr = child.stderr.take();
@@ -185,7 +290,13 @@ pub async fn run_command(
         _ = tokio::time::sleep(timeout) => End::Timeout,
         _ = shutdown.stopped() => End::Shutdown,
     };
-    // Whatever happened, nothing of the group may outlive the attempt.
+    // Whatever happened, nothing the command started may outlive the attempt: its
+    // tree (while its pid is not reaped yet, so it cannot have been reused), every
+    // orphan of it the daemon adopted, and its process group.
+    if let (false, Some(root)) = (matches!(end, End::Exited(_)), pgid) {
+        let id = rec.id.clone();
+        let _ = tokio::task::spawn_blocking(move || reaper::kill_step(root, &id)).await;
+    }
     if let Some(pg) = pgid {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pg),
@@ -195,6 +306,9 @@ pub async fn run_command(
     if !matches!(end, End::Exited(_)) {
         let _ = child.wait().await;
     }
+    drop(direct);
+    let id = rec.id.clone();
+    let _ = tokio::task::spawn_blocking(move || reaper::after_step(Some(&id))).await;
     let tail = match tokio::time::timeout(Duration::from_secs(2), reader).await {
         Ok(Ok(t)) => t,
         _ => Vec::new(),
@@ -269,46 +383,63 @@ fn finish(spool_root: &Path, entry: &Path, outdir: &Path, id: &str) -> Result<()
             .join(WORK)
             .join(format!("{id}.stale-{}", fsx::nonce()));
         fs::rename(&out, &stale).map_err(|e| fsx::spool_error("removing stale out", entry, e))?;
-        let _ = fs::remove_dir_all(&stale);
+        let _ = fsx::remove_tree(&stale);
     }
     fs::rename(outdir, &out).map_err(|e| fsx::spool_error("moving products", entry, e))?;
+    match fs::remove_file(entry.join(RUNNING)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(fsx::spool_error("removing the running mark", entry, e))
+        }
+        _ => {}
+    }
     fsync_dir(entry).map_err(|e| fsx::spool_error("syncing entry", entry, e))?;
     move_on(spool_root, entry, id)
 }
 
 /// Walk the output directory: hash + fsync every regular file, fsync every directory.
-/// Anything else (symlink, fifo, device) fails the attempt.
+/// Anything else (symlink, fifo, device) fails the attempt, and so do directories
+/// nested more than [`MAX_PRODUCT_DEPTH`] deep. A loop with a stack of directories
+/// still to read, never a recursion: the command controls the depth.
 fn collect_products(base: &Path, dir: &Path, out: &mut Vec<Product>) -> Result<(), StepError> {
-    let err =
-        |e: io::Error| StepError::failed(format!("reading products in {}: {e}", dir.display()));
-    for e in fs::read_dir(dir).map_err(err)? {
-        let e = e.map_err(err)?;
-        let p = e.path();
-        let ft = e.file_type().map_err(err)?;
-        let rel = p
-            .strip_prefix(base)
-            .ok()
-            .and_then(|r| r.to_str())
-            .ok_or_else(|| StepError::failed(format!("product name {p:?} is not UTF-8")))?
-            .to_string();
-        if ft.is_dir() {
-            collect_products(base, &p, out)?;
-        } else if ft.is_file() {
-            let f = fs::File::open(&p).map_err(err)?;
-            let (blake3, size) = crate::spool::hash_reader(&f).map_err(err)?;
-            f.sync_all().map_err(err)?;
-            out.push(Product {
-                path: rel,
-                size,
-                blake3,
-            });
-        } else {
-            return Err(StepError::failed(format!(
-                "product {rel:?} is not a regular file or directory"
-            )));
+    let mut todo = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = todo.pop() {
+        let err =
+            |e: io::Error| StepError::failed(format!("reading products in {}: {e}", dir.display()));
+        for e in fs::read_dir(&dir).map_err(err)? {
+            let e = e.map_err(err)?;
+            let p = e.path();
+            let ft = e.file_type().map_err(err)?;
+            let rel = p
+                .strip_prefix(base)
+                .ok()
+                .and_then(|r| r.to_str())
+                .ok_or_else(|| StepError::failed(format!("product name {p:?} is not UTF-8")))?
+                .to_string();
+            if ft.is_dir() {
+                if depth + 1 > MAX_PRODUCT_DEPTH {
+                    return Err(StepError::failed(format!(
+                        "directories nested too deep in the output (more than {MAX_PRODUCT_DEPTH} levels)"
+                    )));
+                }
+                todo.push((p, depth + 1));
+            } else if ft.is_file() {
+                let f = fs::File::open(&p).map_err(err)?;
+                let (blake3, size) = crate::spool::hash_reader(&f).map_err(err)?;
+                f.sync_all().map_err(err)?;
+                out.push(Product {
+                    path: rel,
+                    size,
+                    blake3,
+                });
+            } else {
+                return Err(StepError::failed(format!(
+                    "product {rel:?} is not a regular file or directory"
+                )));
+            }
         }
+        fsync_dir(&dir).map_err(err)?;
     }
-    fsync_dir(dir).map_err(err)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -469,6 +600,66 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(r, Err(StepError::Interrupted)));
+    }
+
+    /// What the crash-loop and orphan guards cost per process step (run by hand:
+    /// `cargo test --release --lib measure_step_overhead -- --ignored --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn measure_step_overhead() {
+        let t = tempfile::tempdir().unwrap();
+        let n = 200u32;
+        let entry = t.path().join("e");
+        fs::create_dir(&entry).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..n {
+            write_atomic(&entry.join(RUNNING), b"{}").unwrap();
+            fs::remove_file(entry.join(RUNNING)).unwrap();
+        }
+        let mark = t0.elapsed() / n;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            reaper::after_step(Some("nobody"));
+        }
+        let reap = t0.elapsed() / n;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let _ = reaper::table();
+        }
+        let scan = t0.elapsed() / n;
+        let procs = reaper::table().len();
+        let rx = Shutdown::new();
+        let p = pc("exit 0", Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..n {
+            run_command(&p, t.path(), t.path(), &rec(), 1, &rx)
+                .await
+                .unwrap();
+        }
+        let cmd = t0.elapsed() / n;
+        eprintln!(
+            "per step: running mark (write+fsync file+dir, unlink) {mark:?}; after_step with no child {reap:?}, a process-table scan {scan:?} ({procs} processes); whole run_command of `sh -c 'exit 0'` {cmd:?}"
+        );
+    }
+
+    #[test]
+    fn deep_products_are_refused_without_recursion() {
+        let t = tempfile::tempdir().unwrap();
+        let mut p = t.path().to_path_buf();
+        for _ in 0..MAX_PRODUCT_DEPTH {
+            p.push("d");
+        }
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("f"), b"x").unwrap();
+        let mut v = Vec::new();
+        collect_products(t.path(), t.path(), &mut v).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].path.matches('/').count(), MAX_PRODUCT_DEPTH);
+        fs::create_dir(p.join("d")).unwrap();
+        match collect_products(t.path(), t.path(), &mut Vec::new()) {
+            Err(StepError::Failed(f)) => assert!(f.reason.contains("nested too deep"), "{f:?}"),
+            r => panic!("{r:?}"),
+        }
     }
 
     #[test]

@@ -762,3 +762,75 @@ async fn linked_forward_resumes_from_every_crash_point() {
     exp.sort();
     assert_eq!(got, exp, "the landed inodes, each its only link");
 }
+
+/// A `running.json` left by a dead daemon is a counted attempt ("the node stopped
+/// during this step"), with backoff; after `max_attempts` the entry is quarantined.
+/// A mark of this very daemon (a step in flight) is left alone; a graceful stop
+/// leaves no mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_running_mark_is_a_counted_attempt() {
+    let t = tempfile::tempdir().unwrap();
+    let cmd = script(t.path(), "slow.sh", "sleep 30");
+    let env = Env::new(&format!("[process]\ncommand = [\"{cmd}\"]\n"));
+    let rec = env.land("s", b"s");
+    let e = env.spool.dir(ARCHIVED).join(&rec.id);
+    let (tx, h) = env.start();
+    wait_until("running", Duration::from_secs(10), || {
+        e.join(process::RUNNING).exists()
+    })
+    .await;
+    // our own mark: never counted by a rescan while the step runs
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state::load(&e).unwrap(), None);
+    stop(tx, h).await;
+    assert!(
+        !e.join(process::RUNNING).exists(),
+        "graceful stop keeps the mark"
+    );
+    assert_eq!(state::load(&e).unwrap(), None);
+
+    // a dead daemon's mark, three times (max_attempts = 3)
+    for n in 1..=3 {
+        fs::write(
+            e.join(process::RUNNING),
+            format!(
+                r#"{{"step":"process","daemon_pid":1,"daemon_start_ticks":{n},"started_at":"x"}}"#
+            ),
+        )
+        .unwrap();
+        let r = process::recover_stale_mark(env.spool.root(), &rec.id, &env.cfg.retry).unwrap();
+        let want = if n == 1 {
+            "1 time".to_string()
+        } else {
+            format!("{n} times")
+        };
+        assert_eq!(r.0, format!("{} {want}", process::NODE_STOPPED));
+        match (n, r.1.unwrap()) {
+            (1 | 2, state::AfterFailure::Retry { attempts, .. }) => assert_eq!(attempts, n as u32),
+            (3, state::AfterFailure::Quarantined { attempts: 3 }) => {}
+            x => panic!("{x:?}"),
+        }
+    }
+    let q = env.spool.dir(QUARANTINE).join(&rec.id);
+    assert!(q.is_dir() && !q.join(process::RUNNING).exists());
+    let st = state::load(&q).unwrap().unwrap();
+    assert_eq!(st.quarantined_step.as_deref(), Some("process"));
+    assert!(process::recover_stale_mark(env.spool.root(), &rec.id, &env.cfg.retry).is_none());
+}
+
+#[test]
+fn process_output_names_in_work() {
+    for (name, want) in [
+        ("n1-01JABC.1-0a1b2c3d", true),
+        ("n1-01JABC.12-0a1b2c3d", true),
+        ("n1-01JABC.stale-0a1b2c3d", true),
+        ("n.1-01JABC.3-0a1b2c3d", true),
+        ("n1-01JABC.done-x", false),
+        ("n1-01JABC.1-dead", false),
+        (".1-0a1b2c3d", false),
+        ("n1-01JABC", false),
+        ("n1-01JABC.x-0a1b2c3d", false),
+    ] {
+        assert_eq!(is_process_output(name), want, "{name}");
+    }
+}
