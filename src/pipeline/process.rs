@@ -21,7 +21,9 @@
 //! failed attempt. After the command exits its process group is killed too, so a
 //! straggler cannot write into the products after they were made durable.
 //!
-//! Descendants that left the group (`setsid`) are killed too: see [`reaper`].
+//! Descendants that left the group (`setsid`) are killed too: the command runs in
+//! a cgroup of its own where possible ([`cgroup`]), and the daemon is their
+//! subreaper ([`reaper`]).
 //!
 //! Before the command starts, the entry gets a durable mark `running.json` (written
 //! atomically, fsynced with the entry directory) naming this daemon (pid and start
@@ -661,6 +663,15 @@ mod tests {
         }
         let reap = t0.elapsed() / n;
         let t0 = Instant::now();
+        let mut cgroups = 0;
+        for _ in 0..n {
+            if let Some(cg) = cgroup::StepCgroup::create("measure") {
+                cg.kill();
+                cgroups += 1;
+            }
+        }
+        let cg = t0.elapsed() / n;
+        let t0 = Instant::now();
         for _ in 0..n {
             let _ = reaper::table();
         }
@@ -676,7 +687,7 @@ mod tests {
         }
         let cmd = t0.elapsed() / n;
         eprintln!(
-            "per step: running mark (write+fsync file+dir, unlink) {mark:?}; after_step with no child {reap:?}, a process-table scan {scan:?} ({procs} processes); whole run_command of `sh -c 'exit 0'` {cmd:?}"
+            "per step: running mark (write+fsync file+dir, unlink) {mark:?}; after_step with no child {reap:?}, a process-table scan {scan:?} ({procs} processes); cgroup create+kill+rmdir {cg:?} ({cgroups} made); whole run_command of `sh -c 'exit 0'` {cmd:?}"
         );
     }
 
