@@ -30,6 +30,7 @@
 //! crash at any point makes the step run again with the same result.
 
 pub mod archive;
+pub mod cgroup;
 pub mod forward;
 pub mod fsx;
 pub mod process;

@@ -21,7 +21,9 @@
 //! failed attempt. After the command exits its process group is killed too, so a
 //! straggler cannot write into the products after they were made durable.
 //!
-//! Descendants that left the group (`setsid`) are killed too: see [`reaper`].
+//! Descendants that left the group (`setsid`) are killed too: the command runs in
+//! a cgroup of its own where possible ([`cgroup`]), and the daemon is their
+//! subreaper ([`reaper`]).
 //!
 //! Before the command starts, the entry gets a durable mark `running.json` (written
 //! atomically, fsynced with the entry directory) naming this daemon (pid and start
@@ -40,8 +42,8 @@
 
 use super::fsx::{self, Failure, StepError};
 use super::products::{Product, MAX_PRODUCT_DEPTH, OUT, PRODUCTS};
-use super::reaper;
 use super::state;
+use super::{cgroup, reaper};
 use crate::config::{ProcessConfig, RetryConfig};
 use crate::core::record::{Attempt, Record};
 use crate::shutdown::Shutdown;
@@ -162,6 +164,7 @@ pub fn recover_stale_mark(
         Some(m) => m.started_at,
         None => state::rfc3339_now(), // torn by hand: still a stop during the step
     };
+    cgroup::kill_leftover(id);
     let killed = reaper::kill_leftovers(id);
     let before = state::load(&entry).ok().flatten().map_or(0, |s| {
         s.history
@@ -236,24 +239,57 @@ pub async fn run_command(
     attempt: u32,
     shutdown: &Shutdown,
 ) -> Result<(), StepError> {
-    let mut cmd = tokio::process::Command::new(&pc.command[0]);
-    cmd.args(&pc.command[1..])
-        .env("INGEST_INPUT", input)
-        .env("INGEST_OUTPUT_DIR", outdir)
-        .env("INGEST_NAME", &rec.path)
-        .env("INGEST_USER", &rec.user)
-        .env("INGEST_ID", &rec.id)
-        .env("INGEST_BLAKE3", &rec.blake3)
-        .env("INGEST_SIZE", rec.size.to_string())
-        .env("INGEST_NODE", &rec.node)
-        .env("INGEST_ATTEMPT", attempt.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let (mut child, direct) = reaper::spawn(&mut cmd)
-        .map_err(|e| StepError::failed(format!("cannot start {:?}: {e}", pc.command[0])))?;
+    let make = || {
+        let mut cmd = tokio::process::Command::new(&pc.command[0]);
+        cmd.args(&pc.command[1..])
+            .env("INGEST_INPUT", input)
+            .env("INGEST_OUTPUT_DIR", outdir)
+            .env("INGEST_NAME", &rec.path)
+            .env("INGEST_USER", &rec.user)
+            .env("INGEST_ID", &rec.id)
+            .env("INGEST_BLAKE3", &rec.blake3)
+            .env("INGEST_SIZE", rec.size.to_string())
+            .env("INGEST_NODE", &rec.node)
+            .env("INGEST_ATTEMPT", attempt.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
+    };
+    let cg = {
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || cgroup::StepCgroup::create(&id))
+            .await
+            .ok()
+            .flatten()
+    };
+    let mut cmd = make();
+    if let Some(cg) = &cg {
+        let fd = cg.procs_fd();
+        // SAFETY: between fork and exec the child only calls write(2), which is
+        // async-signal-safe, on a descriptor the parent keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let (spawned, cg) = match (reaper::spawn(&mut cmd), cg) {
+        // the cgroup did not take the command: run it without one
+        (Err(_), Some(cg)) => {
+            let _ = tokio::task::spawn_blocking(move || cg.kill()).await;
+            (reaper::spawn(&mut make()), None)
+        }
+        (r, cg) => (r, cg),
+    };
+    let (mut child, direct) =
+        spawned.map_err(|e| StepError::failed(format!("cannot start {:?}: {e}", pc.command[0])))?;
     let pgid = child.id().map(|p| p as i32);
     let mut stderr = child.stderr.take();
     let reader = tokio::spawn(async move {
@@ -291,8 +327,12 @@ pub async fn run_command(
         _ = shutdown.stopped() => End::Shutdown,
     };
     // Whatever happened, nothing the command started may outlive the attempt: its
+    // cgroup if it has one, then (a second line, and the only one without) its
     // tree (while its pid is not reaped yet, so it cannot have been reused), every
     // orphan of it the daemon adopted, and its process group.
+    if let Some(cg) = cg {
+        let _ = tokio::task::spawn_blocking(move || cg.kill()).await;
+    }
     if let (false, Some(root)) = (matches!(end, End::Exited(_)), pgid) {
         let id = rec.id.clone();
         let _ = tokio::task::spawn_blocking(move || reaper::kill_step(root, &id)).await;
@@ -623,6 +663,15 @@ mod tests {
         }
         let reap = t0.elapsed() / n;
         let t0 = Instant::now();
+        let mut cgroups = 0;
+        for _ in 0..n {
+            if let Some(cg) = cgroup::StepCgroup::create("measure") {
+                cg.kill();
+                cgroups += 1;
+            }
+        }
+        let cg = t0.elapsed() / n;
+        let t0 = Instant::now();
         for _ in 0..n {
             let _ = reaper::table();
         }
@@ -638,7 +687,7 @@ mod tests {
         }
         let cmd = t0.elapsed() / n;
         eprintln!(
-            "per step: running mark (write+fsync file+dir, unlink) {mark:?}; after_step with no child {reap:?}, a process-table scan {scan:?} ({procs} processes); whole run_command of `sh -c 'exit 0'` {cmd:?}"
+            "per step: running mark (write+fsync file+dir, unlink) {mark:?}; after_step with no child {reap:?}, a process-table scan {scan:?} ({procs} processes); cgroup create+kill+rmdir {cg:?} ({cgroups} made); whole run_command of `sh -c 'exit 0'` {cmd:?}"
         );
     }
 

@@ -1,4 +1,5 @@
-//! No descendant of a process step outlives its step.
+//! No descendant of a process step outlives its step (the fallback where a step
+//! cannot have a cgroup of its own, see `cgroup`, and a second line everywhere).
 //!
 //! A command may leave its process group (`setsid`) and its parent may exit, so a
 //! group kill is not enough. The daemon makes itself a *child subreaper*

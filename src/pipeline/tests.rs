@@ -344,11 +344,13 @@ async fn hanging_command_is_killed_at_timeout() {
     assert!(t0.elapsed() < Duration::from_secs(10));
     stop(tx, h).await;
     let st = state::load(&q).unwrap().unwrap();
-    assert!(st
-        .history
-        .iter()
-        .all(|a| a.reason.starts_with("killed after timeout")
-            && a.stderr_tail.as_deref() == Some("hanging\n")));
+    assert!(
+        st.history
+            .iter()
+            .all(|a| a.reason.starts_with("killed after timeout")
+                && a.stderr_tail.as_deref() == Some("hanging\n")),
+        "{st:?}"
+    );
 }
 
 /// Leave entries as a crash at each point would, then run: each completes exactly once.
