@@ -172,11 +172,8 @@ impl Spool {
         for d in [PARTIAL, WORK] {
             for e in fs::read_dir(root.join(d))? {
                 let p = e?.path();
-                let _ = if p.is_dir() {
-                    fs::remove_dir_all(&p)
-                } else {
-                    fs::remove_file(&p)
-                };
+                // iterative: a process command's output tree can be any depth
+                let _ = remove_tree(&p);
             }
         }
         land_parked_at_start(root)?;
@@ -596,6 +593,91 @@ fn sync_all_parallel(staged: &[Staged]) -> io::Result<()> {
         }
         first
     })
+}
+
+/// Remove `path` and everything under it, like `std::fs::remove_dir_all` (which
+/// recurses once per level and overflows a thread's stack on a tree a few
+/// thousand levels deep, as a process command can leave), but with a loop and
+/// at most two open directories: it goes down by `openat(name)` and back up by
+/// `openat("..")`, checking that `..` is the directory it came from. Memory
+/// grows with the depth by one name per level. A missing `path` is not an error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+
+    let md = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    };
+    if !md.is_dir() {
+        return fs::remove_file(path);
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let id = |d: &Dir| -> io::Result<(u64, u64)> {
+        let st = fstat(d.as_raw_fd())?;
+        Ok((st.st_dev, st.st_ino))
+    };
+    // Unlink every entry of `d` that is not a directory, from its start, until
+    // the first subdirectory: its name (`None`: `d` is now empty).
+    let files_until_subdir = |d: &mut Dir| -> io::Result<Option<CString>> {
+        let fd = d.as_raw_fd();
+        for e in d.iter() {
+            let e = e?;
+            let name = e.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let is_dir = match e.file_type() {
+                Some(t) => t == Type::Directory,
+                None => {
+                    let st = fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+                }
+            };
+            if is_dir {
+                return Ok(Some(name.to_owned()));
+            }
+            unlinkat(Some(fd), name, UnlinkatFlags::NoRemoveDir)?;
+        }
+        Ok(None)
+    };
+    let mut cur = Dir::open(path, flags, Mode::empty())?;
+    // the directories entered below `path`: their name and their parent's identity
+    let mut stack: Vec<(CString, (u64, u64))> = Vec::new();
+    loop {
+        match files_until_subdir(&mut cur)? {
+            Some(name) => {
+                let next =
+                    Dir::openat(Some(cur.as_raw_fd()), name.as_c_str(), flags, Mode::empty())?;
+                stack.push((name, id(&cur)?));
+                cur = next;
+            }
+            None => {
+                let Some((name, parent_id)) = stack.pop() else {
+                    break;
+                };
+                let parent = Dir::openat(Some(cur.as_raw_fd()), "..", flags, Mode::empty())?;
+                if id(&parent)? != parent_id {
+                    return Err(io::Error::other(
+                        "a directory was moved while its tree was being removed",
+                    ));
+                }
+                drop(cur);
+                unlinkat(
+                    Some(parent.as_raw_fd()),
+                    name.as_c_str(),
+                    UnlinkatFlags::RemoveDir,
+                )?;
+                cur = parent;
+            }
+        }
+    }
+    drop(cur);
+    fs::remove_dir(path)
 }
 
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
