@@ -6,6 +6,7 @@
 //! are walked and removed without recursion ([`remove_tree`]), however deep.
 
 use crate::spool::{fsync_dir, hash_reader};
+use nix::unistd::Whence;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -247,17 +248,17 @@ fn copy_verified_inner(
 pub fn copy_sparse(input: &File, out: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = input.metadata()?.len();
-    let (fi, fo) = (input.as_raw_fd(), out.as_raw_fd());
+    let fi = input.as_raw_fd();
     let mut off = 0u64;
     let mut kernel = true;
     while off < len {
-        let data = match seek(fi, off, libc::SEEK_DATA) {
+        let data = match seek(fi, off, Whence::SeekData) {
             Ok(d) => d,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && off == 0 => 0,
             Err(e) => return Err(e),
         };
-        let end = match seek(fi, data, libc::SEEK_HOLE) {
+        let end = match seek(fi, data, Whence::SeekHole) {
             Ok(h) => h.min(len),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => len,
             Err(e) => return Err(e),
@@ -266,7 +267,7 @@ pub fn copy_sparse(input: &File, out: &File) -> io::Result<()> {
         while pos < end {
             let want = (end - pos).min(1 << 30) as usize;
             let n = if kernel {
-                match copy_range(fi, fo, pos, want) {
+                match copy_range(input, out, pos, want) {
                     Ok(n) => n,
                     Err(e)
                         if [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL]
@@ -294,34 +295,19 @@ pub fn copy_sparse(input: &File, out: &File) -> io::Result<()> {
     out.set_len(len)
 }
 
-fn seek(fd: std::os::fd::RawFd, off: u64, whence: libc::c_int) -> io::Result<u64> {
-    // SAFETY: lseek(2) on a descriptor the caller owns; no memory is passed.
-    let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
+fn seek(fd: std::os::fd::RawFd, off: u64, whence: Whence) -> io::Result<u64> {
+    Ok(nix::unistd::lseek(fd, off as libc::off_t, whence)? as u64)
 }
 
 /// One `copy_file_range(2)` call at the same offset on both sides (the file offsets
 /// are not used or moved).
-fn copy_range(
-    fi: std::os::fd::RawFd,
-    fo: std::os::fd::RawFd,
-    pos: u64,
-    len: usize,
-) -> io::Result<usize> {
-    let (mut oi, mut oo) = (pos as libc::loff_t, pos as libc::loff_t);
+fn copy_range(input: &File, out: &File, pos: u64, len: usize) -> io::Result<usize> {
+    let (mut oi, mut oo) = (pos as i64, pos as i64);
     loop {
-        // SAFETY: both descriptors are owned by the caller; the offsets point to locals.
-        let r = unsafe { libc::copy_file_range(fi, &mut oi, fo, &mut oo, len, 0) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match nix::fcntl::copy_file_range(input, Some(&mut oi), out, Some(&mut oo), len) {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -654,11 +640,10 @@ mod tests {
     fn measure_archive_copy() {
         use std::io::{Read, Seek, Write};
         fn cpu() -> f64 {
-            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: getrusage fills the struct we own.
-            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
-            let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
-            t(u.ru_utime) + t(u.ru_stime)
+            use nix::sys::resource::{getrusage, UsageWho};
+            use nix::sys::time::TimeValLike;
+            let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+            (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6
         }
         let base = std::env::var("MEASURE_DIR").unwrap_or_else(|_| "/tmp".into());
         let t = tempfile::tempdir_in(base).unwrap();

@@ -41,14 +41,12 @@ static DIRECT: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 pub fn enable() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        // SAFETY: prctl with integer arguments only.
-        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-        if r == 0 {
-            true
-        } else {
-            let e = io::Error::last_os_error();
-            tracing::warn!(error = ?e.to_string(), "cannot become a child subreaper: a process command's setsid descendants may outlive it");
-            false
+        match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = ?e.to_string(), "cannot become a child subreaper: a process command's setsid descendants may outlive it");
+                false
+            }
         }
     })
 }
@@ -122,8 +120,10 @@ fn kill_closure(mut seeds: impl FnMut(&[ProcStat]) -> Vec<i32>) -> (usize, Vec<P
             break;
         }
         for v in &victims {
-            // SAFETY: kill(2) with a pid and a signal number.
-            unsafe { libc::kill(*v, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*v),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         killed += victims.len();
         std::thread::sleep(Duration::from_millis(1 << round.min(6)));
@@ -138,8 +138,10 @@ fn reap_in(t: &[ProcStat], direct: &[i32]) {
     let me = me();
     for p in t {
         if p.ppid == me && p.zombie && !direct.contains(&p.pid) {
-            // SAFETY: waitpid on one pid, non-blocking.
-            unsafe { libc::waitpid(p.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(p.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
     }
 }
@@ -193,17 +195,9 @@ pub fn after_step(id: Option<&str>) -> usize {
 /// Whether the daemon has no child at all (`waitid` answers `ECHILD`; `WNOWAIT`
 /// reaps nothing, so tokio's children are untouched).
 fn no_children() -> bool {
-    // SAFETY: waitid with a zeroed siginfo it may fill; no child is reaped.
-    let r = unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_ALL,
-            0,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    waitid(Id::All, flags) == Err(nix::errno::Errno::ECHILD)
 }
 
 /// After a crash: kill every process (wherever it was re-parented) whose

@@ -438,7 +438,7 @@ async fn resumes_from_every_crash_point() {
     // "restart": reopen the spool (sweeps work/), run
     let Env { t, cfg, spool } = env;
     drop(spool); // the old process's lock
-    let spool = Arc::new(Spool::open(&cfg.spool.dir, "n1", 1 << 30, 0).unwrap());
+    let spool = reopen(&cfg.spool.dir);
     let env = Env { t, cfg, spool };
     assert_eq!(env.count(WORK), 0);
     let (tx, h) = env.start();
@@ -714,6 +714,26 @@ async fn archive_copy_keeps_holes() {
 /// Crashes around a linked delivery: after the link to the temporary name, after
 /// the rename into place (before the entry was removed), and during the removal.
 /// After the restart each file is delivered exactly once, as the landed inode.
+/// Reopen a spool as a restarted daemon would. Another test of this binary may
+/// have just forked a process command that still holds the old lock's
+/// descriptor until it execs (moving it into its cgroup first can take
+/// milliseconds): a test-only race, so wait for the lock briefly.
+fn reopen(dir: &std::path::Path) -> Arc<Spool> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match Spool::open(dir, "n1", 1 << 30, 0) {
+            Ok(s) => return Arc::new(s),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && t0.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("reopen {}: {e}", dir.display()),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_forward_resumes_from_every_crash_point() {
     let env = Env::new("");
@@ -747,7 +767,7 @@ async fn linked_forward_resumes_from_every_crash_point() {
     }
     let Env { t, cfg, spool } = env;
     drop(spool);
-    let spool = Arc::new(Spool::open(&cfg.spool.dir, "n1", 1 << 30, 0).unwrap());
+    let spool = reopen(&cfg.spool.dir);
     let env = Env { t, cfg, spool };
     let (tx, h) = env.start();
     wait_until("all done", Duration::from_secs(20), || env.spool_empty()).await;

@@ -113,16 +113,9 @@ pub fn lock(root: &Path) -> io::Result<File> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)?;
-    // SAFETY: flock(2) on a descriptor we own, valid for the call.
-    let r = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux
+    if let Err(e) = f.try_lock() {
+        if let fs::TryLockError::WouldBlock = e {
             let mut pid = String::new();
             let _ = f.read_to_string(&mut pid);
             let pid = pid.trim();
@@ -135,7 +128,7 @@ pub fn lock(root: &Path) -> io::Result<File> {
                 ),
             ));
         }
-        return Err(e);
+        return Err(e.into());
     }
     f.set_len(0)?;
     f.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
@@ -1059,7 +1052,6 @@ mod tests {
     /// writeback error of one file: it must be fsynced itself).
     #[test]
     fn a_data_fsync_error_fails_the_commit_of_any_group() {
-        use std::os::fd::FromRawFd;
         for n in [1usize, 3, 20, 300] {
             let t = tempfile::tempdir().unwrap();
             let s = Spool::open(t.path(), "n1", 1 << 30, 0).unwrap();
@@ -1070,11 +1062,9 @@ mod tests {
                 staged.push(p.complete().unwrap());
             }
             // fsync(2) of a pipe fails (EINVAL): stands in for a lost writeback
-            let mut fds = [0; 2];
-            // SAFETY: pipe(2) fills two new descriptors, each owned by one File below.
-            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-            let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+            let (r, w) = nix::unistd::pipe().unwrap();
             drop(w);
+            let r = File::from(r);
             let last = staged.len() - 1;
             staged[last].data = r;
             let res = s.commit(staged);
