@@ -71,10 +71,7 @@ fn probe_target(dir: &Path) -> std::result::Result<(), String> {
     if !m.is_dir() {
         return Err("not a directory".into());
     }
-    let probe = dir.join(format!(".ingestd-probe-{}", std::process::id()));
-    fs::write(&probe, b"").map_err(|e| format!("not writable: {e}"))?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
+    crate::spool::durable::probe(dir).map_err(|e| format!("not writable: {e}"))
 }
 
 pub fn status(cfg: &Config) -> Result<()> {

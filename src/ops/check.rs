@@ -251,15 +251,7 @@ fn nearest_dir(p: &Path) -> io::Result<PathBuf> {
 }
 
 /// Create and remove a probe file: the real test (also catches read-only mounts).
-fn probe(dir: &Path) -> io::Result<()> {
-    let p = dir.join(format!(".ingestd-check-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&p)?;
-    let _ = std::fs::remove_file(&p);
-    Ok(())
-}
+use crate::spool::durable::probe;
 
 /// Two listen addresses clash when their ports are equal and, in the same
 /// address family, their addresses are equal or one is the wildcard.

@@ -14,7 +14,6 @@ use crate::core::naming::{record_path, render_layout};
 use crate::core::record::Record;
 use crate::spool::{fsync_dir, read_record, DATA, READY};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where the archive copy of `rec` lives.
@@ -70,23 +69,6 @@ pub fn archive(cfg: &Config, spool_root: &Path, id: &str, to_state: &str) -> Res
 }
 
 fn write_synced(tmp: &Path, dst: &Path, rec: &Record, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let json = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-    let r = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        fs::rename(tmp, dst)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    r
+    crate::spool::durable::write_synced(tmp, dst, &json, mode)
 }

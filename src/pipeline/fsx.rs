@@ -107,11 +107,7 @@ pub fn spool_error(what: &str, entry: &Path, e: io::Error) -> StepError {
 }
 
 /// Can a new file be created (and removed) directly in `root`?
-pub fn probe_root(root: &Path) -> io::Result<()> {
-    let p = root.join(format!(".ingestd-probe-{}-{}", std::process::id(), nonce()));
-    OpenOptions::new().write(true).create_new(true).open(&p)?;
-    fs::remove_file(&p)
-}
+pub use crate::spool::durable::probe as probe_root;
 
 /// Check that a target root is a usable directory; an outage otherwise.
 /// Roots are never created here (only at pipeline start): a missing mount must not
@@ -130,27 +126,7 @@ pub fn check_root(what: &str, root: &Path) -> Result<(), StepError> {
     }
 }
 
-/// Create `dir` (somewhere under the existing `root`) and every missing parent up
-/// to `root`, and make every level durable by fsyncing its parent – also when the
-/// directory already exists: it may be left by an attempt that crashed after
-/// `mkdir` and before the fsync, so its name may not be on disk yet.
-pub fn create_dirs_durable(root: &Path, dir: &Path) -> io::Result<()> {
-    let rel = dir
-        .strip_prefix(root)
-        .map_err(|_| io::Error::other("directory outside its root"))?;
-    let mut cur = root.to_path_buf();
-    for c in rel.components() {
-        let next = cur.join(c);
-        match fs::create_dir(&next) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        fsync_dir(&cur)?;
-        cur = next;
-    }
-    Ok(())
-}
+pub use crate::spool::durable::create_dirs_durable;
 
 /// BLAKE3 of a file, lowercase hex, and its length.
 pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {

@@ -18,6 +18,8 @@
 //! (`spawn_blocking` or a dedicated thread).
 
 pub mod commit;
+pub mod durable;
+pub use durable::write_atomic;
 
 use crate::core::naming;
 use crate::core::record::Record;
@@ -688,37 +690,6 @@ thread_local! {
     /// Every directory [`fsync_dir`] was called on by this thread (tests only).
     pub(crate) static DIR_FSYNCS: std::cell::RefCell<Vec<PathBuf>> =
         const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Write `bytes` to `path` durably and atomically: a temporary name unique to this
-/// writer (pid + counter, created exclusively), fsync, rename, fsync dir. Writers in
-/// different processes (the daemon, `ingestd retry`) never share a temporary file,
-/// so a reader sees one complete version or another, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let r = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r?;
-    fsync_dir(dir)
 }
 
 /// BLAKE3 (lowercase hex) and length of everything `r` yields.

@@ -43,12 +43,12 @@
 
 use anyhow::{bail, Context, Result};
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, LineEnding, PrivateKey};
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::spool::fsync_dir;
+use crate::spool::{durable, fsync_dir};
 
 fn algorithm_for(path: &Path) -> Algorithm {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -100,32 +100,18 @@ fn remove_leftover(tmp: &Path) -> Result<bool> {
 fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf> {
     let tmp = temp_path(path);
     remove_leftover(&tmp)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    durable::write_file(&tmp, bytes, mode).with_context(|| format!("writing {}", tmp.display()))?;
     Ok(tmp)
 }
 
-/// `create_dir_all`, making every directory it creates durable (fsync of its parent).
+/// `create_dir_all`, making every level durable (fsync of its parent), also the
+/// levels that exist already (a crash may have lost their names).
 fn create_dir_all_durable(dir: &Path) -> Result<()> {
-    if dir.as_os_str().is_empty() || dir.is_dir() {
+    if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
-        create_dir_all_durable(parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-    }
-    fsync_dir(dir_of(dir)).with_context(|| format!("fsync of the parent of {}", dir.display()))
+    durable::create_dir_all_durable(dir)
+        .with_context(|| format!("creating {} durably", dir.display()))
 }
 
 /// Write the `.pub` of `key` beside `path`, atomically and durably.
